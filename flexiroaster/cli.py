@@ -1,0 +1,275 @@
+"""The `flexiroaster` command: validate, run, retry, runs, logs, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from .errors import FlexiError, SpecError
+
+FAILS_ON_PURPOSE = "fails-on-purpose"
+MARK = {
+    "completed": "ok", "failed": "FAILED", "skipped": "skipped",
+    "cancelled": "cancelled", "retrying": "retry", "running": "..",
+}  # fmt: skip
+
+
+def _params(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise FlexiError(f"--param {pair!r}: expected NAME=VALUE")
+        try:  # numbers and booleans as YAML reads them; everything else is text
+            import yaml
+
+            parsed = yaml.safe_load(value)
+            out[key] = parsed if isinstance(parsed, (int, float, bool)) else value
+        except Exception:
+            out[key] = value
+    return out
+
+
+def _settings():
+    from .settings import load_settings
+
+    return load_settings()
+
+
+def find_pipeline_file(ref: str, settings) -> Path:
+    """A path, or a pipeline's name / file stem under the data dir's pipelines/."""
+    path = Path(ref)
+    if path.exists():
+        return path
+    from .spec import load_pipeline
+
+    folder = settings.pipelines_dir
+    candidates = sorted(folder.glob("*.y*ml")) if folder.is_dir() else []
+    for c in candidates:
+        if c.stem == ref:
+            return c
+    for c in candidates:
+        try:
+            if load_pipeline(c).name == ref:
+                return c
+        except FlexiError:
+            continue
+    raise FlexiError(f"no pipeline file or sample named {ref!r} (looked in {folder})")
+
+
+def _open(settings):
+    from .engine import Engine
+    from .store import Store
+
+    store = Store(settings.store_file, flush_interval=settings.log_flush_interval)
+    return store, Engine(store, settings)
+
+
+def _printer(out):
+    def listener(event: str, rec, srec) -> None:
+        if srec is None:
+            if event == "run_started":
+                print(f"run {rec.id} of {rec.pipeline_id}: {rec.total_stages} stage(s)", file=out)
+            return
+        status = str(srec.status)
+        if event == "stage_started":
+            print(f"  .. {srec.stage_id} ({srec.stage_type})", file=out, flush=True)
+            return
+        rows = f"  {srec.rows_out} rows" if srec.rows_out is not None else ""
+        took = f"  {srec.duration:.2f}s" if srec.duration is not None else ""
+        line = f"  {MARK.get(status, status):>9} {srec.stage_id}{took}{rows}"
+        if srec.error and status != "completed":
+            line += f"\n            {srec.error.splitlines()[0][:300]}"
+        print(line, file=out, flush=True)
+
+    return listener
+
+
+def _run_in_thread(fn, engine, run_id_holder: list) -> Any:
+    """Run `fn` on a thread so Ctrl-C here can cancel the run cleanly."""
+    result: list = []
+    error: list = []
+
+    def target() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:  # re-raised in the main thread
+            error.append(exc)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    try:
+        while t.is_alive():
+            t.join(0.2)
+    except KeyboardInterrupt:
+        print("\ncancelling ...", file=sys.stderr)
+        for rid in engine.active():
+            engine.cancel(rid)
+        t.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def _summary(rec, out) -> None:
+    took = f" in {rec.duration:.2f}s" if rec.duration is not None else ""
+    print(f"run {rec.id} {rec.status}{took}" + (f": {rec.error}" if rec.error and rec.status != "completed" else ""), file=out)
+
+
+def cmd_validate(args) -> int:
+    from .spec import load_pipeline
+
+    settings = _settings()
+    bad = 0
+    for ref in args.files:
+        try:
+            p = load_pipeline(find_pipeline_file(ref, settings), _params(args.param))
+            print(f"{ref}: ok ({p.name}, {len(p.stages)} stages)")
+        except FlexiError as exc:
+            bad += 1
+            print(f"Error: {exc}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def cmd_run(args) -> int:
+    from .spec import load_pipeline
+
+    settings = _settings()
+    params = _params(args.param)
+    pipeline = load_pipeline(find_pipeline_file(args.pipeline, settings), params)
+    store, engine = _open(settings)
+    try:
+        rec = _run_in_thread(lambda: engine.run(pipeline, params, listener=_printer(sys.stdout)), engine, [])
+        _summary(rec, sys.stdout)
+        return 0 if rec.status == "completed" else 1
+    finally:
+        engine.shutdown()
+        store.close()
+
+
+def cmd_retry(args) -> int:
+    settings = _settings()
+    store, engine = _open(settings)
+    try:
+        rec = _run_in_thread(lambda: engine.retry(args.run_id, listener=_printer(sys.stdout)), engine, [])
+        _summary(rec, sys.stdout)
+        return 0 if rec.status == "completed" else 1
+    finally:
+        engine.shutdown()
+        store.close()
+
+
+def cmd_runs(args) -> int:
+    settings = _settings()
+    from .store import Store
+
+    store = Store(settings.store_file)
+    try:
+        runs, total = store.list_executions(pipeline_id=args.pipeline, status=args.status, limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([r.__dict__ for r in runs], default=str, indent=2))
+        return 0
+    print(f"{'id':16}  {'pipeline':28} {'status':9} {'stages':>7} {'seconds':>8}  started")
+    for r in runs:
+        took = f"{r.duration:.2f}" if r.duration is not None else "-"
+        started = r.started_at.strftime("%Y-%m-%d %H:%M:%S") if r.started_at else "-"
+        print(f"{r.id:16}  {r.pipeline_id[:28]:28} {r.status!s:9} {r.stages_completed:>3}/{r.total_stages:<3} {took:>8}  {started}")
+    print(f"({len(runs)} of {total})")
+    return 0
+
+
+def cmd_logs(args) -> int:
+    settings = _settings()
+    from .store import Store
+
+    store = Store(settings.store_file)
+    try:
+        store.get_execution(args.run_id)
+        for rec in store.get_logs(args.run_id, limit=args.limit):
+            stage = f" [{rec.stage_id}]" if rec.stage_id else ""
+            print(f"{rec.timestamp:%H:%M:%S.%f}"[:-3] + f" {rec.level:5}{stage} {rec.message}")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Run every sample pipeline; the ones tagged fails-on-purpose are meant to fail."""
+    from .spec import load_pipeline
+
+    settings = _settings()
+    files = sorted(settings.pipelines_dir.glob("*.yaml"))
+    if not files:
+        raise FlexiError(f"no sample pipelines in {settings.pipelines_dir}")
+    store, engine = _open(settings)
+    unexpected = 0
+    rows = []
+    try:
+        for f in files:
+            pipeline = load_pipeline(f)
+            print(f"\n== {f.name}")
+            rec = _run_in_thread(lambda p=pipeline: engine.run(p, listener=_printer(sys.stdout)), engine, [])
+            _summary(rec, sys.stdout)
+            meant_to_fail = FAILS_ON_PURPOSE in pipeline.tags
+            ok = (rec.status == "completed") != meant_to_fail
+            unexpected += not ok
+            rows.append((f.name, rec.status, "as intended" if ok else "UNEXPECTED"))
+    finally:
+        engine.shutdown()
+        store.close()
+    print("\nsample            status     outcome")
+    for name, status, outcome in rows:
+        print(f"{name:32} {status!s:10} {outcome}")
+    print(f"\nstore: {settings.store_file}  (see `flexiroaster runs`, `flexiroaster logs RUN_ID`)")
+    return 1 if unexpected else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flexiroaster", description="Pipelines on DuckDB and polars.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="check pipeline files")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
+    p.set_defaults(fn=cmd_validate)
+    p = sub.add_parser("run", help="run a pipeline file or sample by name")
+    p.add_argument("pipeline")
+    p.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("retry", help="re-run a failed run from its failed stages")
+    p.add_argument("run_id")
+    p.set_defaults(fn=cmd_retry)
+    p = sub.add_parser("runs", help="recent runs")
+    p.add_argument("--pipeline")
+    p.add_argument("--status")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_runs)
+    p = sub.add_parser("logs", help="the log of a run")
+    p.add_argument("run_id")
+    p.add_argument("--limit", type=int, default=10_000)
+    p.set_defaults(fn=cmd_logs)
+    p = sub.add_parser("demo", help="run every sample pipeline")
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except SpecError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    except FlexiError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

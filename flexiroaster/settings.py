@@ -1,0 +1,44 @@
+"""Settings read once from FLEXIROASTER_* environment variables, then `.env`, then defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import FlexiError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLEXIROASTER_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Sample data, relative paths and the store live here")
+    store_path: Path | None = Field(None, description="DuckDB store file; default DATA_DIR/flexiroaster.duckdb")
+    max_workers: int = Field(
+        default_factory=lambda: min(8, (os.cpu_count() or 2) * 2), ge=1, le=256,
+        description="Stages that may run at once across all runs",
+    )
+    default_timeout: float | None = Field(None, gt=0, description="Seconds, for stages without a timeout")
+    log_flush_interval: float = Field(0.2, gt=0, le=10, description="Seconds between batched log writes")
+
+    @property
+    def store_file(self) -> Path:
+        return self.store_path or self.data_dir / "flexiroaster.duckdb"
+
+    @property
+    def pipelines_dir(self) -> Path:
+        return self.data_dir / "pipelines"
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings, with an invalid value reported by its variable name and value."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = "FLEXIROASTER_" + "_".join(str(p) for p in err["loc"]).upper()
+            lines.append(f"{key}={err.get('input')!r}: {err['msg']}")
+        raise FlexiError("invalid settings", details=lines) from None

@@ -1,0 +1,597 @@
+"""Pydantic models of the pipeline YAML, and loading with errors that name file, line and field."""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SpecError
+
+Scalar = str | int | float | bool | None
+STAGE_ID = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+IDENT = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+
+
+class StageType(StrEnum):
+    INPUT = "input"
+    SQL = "sql"
+    TRANSFORM = "transform"
+    VALIDATION = "validation"
+    OUTPUT = "output"
+    PYTHON = "python"
+    SHELL = "shell"
+    NOTIFY = "notify"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- input ---------------------------------------------------------------------------------
+
+
+class InputConfig(_Model):
+    source: str | None = Field(None, description="File path or glob (relative to the pipeline file)")
+    format: Literal["auto", "csv", "parquet", "json", "ndjson"] = Field(
+        "auto", description="File format; `auto` decides from the extension"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Reader options passed to DuckDB (e.g. delim, header)"
+    )
+    data: list[dict[str, Any]] | None = Field(None, description="Inline rows")
+    table: str | None = Field(None, description="An existing table to read", pattern=IDENT)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputConfig:
+        given = [k for k in ("source", "data", "table") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of `source` (file path), `data` (inline rows) or `table`"
+                + (f"; got {', '.join(given)}" if given else "")
+            )
+        return self
+
+
+# --- sql -----------------------------------------------------------------------------------
+
+
+class SqlConfig(_Model):
+    query: str = Field(description="A DuckDB query; upstream stage ids are usable as table names")
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("query is empty")
+        return v
+
+
+# --- transform -----------------------------------------------------------------------------
+
+OPERATIONS = (
+    "rename", "select", "drop", "filter", "cast", "fill_null",
+    "normalize", "dedupe", "derive", "sort",
+)  # fmt: skip
+
+
+class Normalize(_Model):
+    columns: list[str] = Field(min_length=1)
+    case: Literal["lower", "upper", "none"] = "none"
+    trim: bool = True
+    collapse_spaces: bool = False
+    empty_as_null: bool = False
+
+
+class Dedupe(_Model):
+    keys: list[str] = Field(default_factory=list, description="Columns that identify a row; all when empty")
+    keep: Literal["first", "last"] = "first"
+    order_by: list[str] = Field(default_factory=list, description="Order deciding which row is first")
+
+
+class Sort(_Model):
+    by: list[str] = Field(min_length=1)
+    descending: bool = False
+
+
+class Operation(_Model):
+    """One transform step; exactly one key is set."""
+
+    rename: dict[str, str] | None = None
+    select: list[str] | None = None
+    drop: list[str] | None = None
+    filter: str | None = Field(None, description="SQL boolean expression; rows where it is true are kept")
+    cast: dict[str, str] | None = None
+    fill_null: dict[str, Scalar] | None = None
+    normalize: Normalize | None = None
+    dedupe: Dedupe | None = None
+    derive: dict[str, str] | None = Field(None, description="new column -> SQL expression")
+    sort: Sort | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthands(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            v = dict(v)
+            if isinstance(v.get("dedupe"), list):
+                v["dedupe"] = {"keys": v["dedupe"]}
+            if v.get("dedupe") is True:
+                v["dedupe"] = {}
+            if isinstance(v.get("sort"), (list, str)):
+                by = v["sort"]
+                v["sort"] = {"by": [by] if isinstance(by, str) else by}
+            if isinstance(v.get("normalize"), list):
+                v["normalize"] = {"columns": v["normalize"]}
+        return v
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Operation:
+        set_ = [k for k in OPERATIONS if getattr(self, k) is not None]
+        if len(set_) != 1:
+            raise ValueError(f"an operation has exactly one of {', '.join(OPERATIONS)}; got {set_ or 'none'}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in OPERATIONS if getattr(self, k) is not None)
+
+
+class TransformConfig(_Model):
+    operations: list[Operation] = Field(min_length=1, description="Applied in order")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _original_form(cls, v: Any) -> Any:
+        # The original format: `operation: rename` with `mappings: {old: new}` (or `columns: [...]`).
+        if isinstance(v, dict) and "operation" in v:
+            v = dict(v)
+            op = v.pop("operation")
+            arg = v.pop("mappings", None)
+            if arg is None:
+                arg = v.pop("columns", None)
+            if arg is None:
+                arg = v.pop("expression", None)
+            if op not in OPERATIONS:
+                raise ValueError(f"unknown operation {op!r}; expected one of {', '.join(OPERATIONS)}")
+            ops = [{op: arg}] + list(v.pop("operations", []))
+            v["operations"] = ops
+        return v
+
+
+# --- validation ----------------------------------------------------------------------------
+
+PATTERNS = {
+    # Pragmatic address check: one @, no spaces, a dot in the domain, a 2+ letter TLD.
+    "email": r"^[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}$",
+    # E.164 or common national forms: optional +, digits with spaces, dots, dashes, parentheses; 7-15 digits.
+    "phone": r"^\+?(\(?[0-9]{1,4}\)?[ .\-]?){1,6}[0-9]{1,4}$",
+}
+RULE_ALIASES = {
+    "required": "not_null",
+    "email": "regex",
+    "phone": "regex",
+    "pattern": "regex",
+    "values": "accepted_values",
+    "in": "accepted_values",
+    "min_rows": "row_count",
+    "expression": "expression",
+}
+
+
+class Check(_Model):
+    """One data-quality check. Row-level checks can quarantine the rows that fail them."""
+
+    type: Literal[
+        "not_null", "unique", "accepted_values", "range", "regex",
+        "row_count", "schema", "expression", "sql",
+    ]  # fmt: skip
+    name: str | None = None
+    columns: list[str] = Field(default_factory=list)
+    values: list[Scalar] | None = None
+    min: float | int | str | None = None
+    max: float | int | str | None = None
+    pattern: str | None = None
+    preset: Literal["email", "phone"] | None = None
+    expression: str | None = Field(None, description="SQL condition every row must meet")
+    query: str | None = Field(None, description="SQL returning the violating rows")
+    types: dict[str, str] | None = Field(None, description="schema check: column -> DuckDB type")
+    strict: bool = Field(False, description="schema check: no columns beyond `types`")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        v = dict(v)
+        kind = v.get("type")
+        if kind in ("email", "phone"):
+            v.setdefault("preset", kind)
+        if kind in RULE_ALIASES:
+            v["type"] = RULE_ALIASES[kind]
+        for key in ("field", "column"):
+            if key in v:
+                col = v.pop(key)
+                v["columns"] = [col] + list(v.get("columns", []))
+        return v
+
+    @model_validator(mode="after")
+    def _needs(self) -> Check:
+        need_cols = {"not_null", "unique", "accepted_values", "range", "regex"}
+        if self.type in need_cols and not self.columns:
+            raise ValueError(f"{self.type} check needs `columns` (or `field`)")
+        if self.type in ("accepted_values", "range", "regex") and len(self.columns) != 1:
+            raise ValueError(f"{self.type} check takes one column")
+        if self.type == "accepted_values" and not self.values:
+            raise ValueError("accepted_values check needs `values`")
+        if self.type in ("range", "row_count") and self.min is None and self.max is None:
+            raise ValueError(f"{self.type} check needs `min` and/or `max`")
+        if self.type == "regex" and (self.pattern is None) == (self.preset is None):
+            raise ValueError("regex check needs `pattern` or a preset (`email`, `phone`)")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regex pattern: {exc}") from None
+        if self.type == "expression" and not self.expression:
+            raise ValueError("expression check needs `expression`")
+        if self.type == "sql" and not self.query:
+            raise ValueError("sql check needs `query`")
+        if self.type == "schema" and not self.types:
+            raise ValueError("schema check needs `types`")
+        return self
+
+    @property
+    def row_level(self) -> bool:
+        return self.type not in ("row_count", "schema", "sql")
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        what = self.preset or self.type
+        return f"{what}({', '.join(self.columns)})" if self.columns else what
+
+
+class ValidationConfig(_Model):
+    checks: list[Check] = Field(default_factory=list)
+    on_failure: Literal["fail", "warn", "quarantine"] = "fail"
+    quarantine_table: str | None = Field(
+        None, pattern=IDENT, description="Where failing rows go; default `<pipeline>_quarantine`"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _original_form(cls, v: Any) -> Any:
+        # The original format: `schema: {column: type}` plus `rules: [{field, type, ...}]`.
+        if isinstance(v, dict) and ("schema" in v or "rules" in v):
+            v = dict(v)
+            checks = list(v.get("checks", []))
+            schema = v.pop("schema", None)
+            if schema:
+                checks.insert(0, {"type": "schema", "types": schema})
+            checks.extend(v.pop("rules", None) or [])
+            v["checks"] = checks
+        return v
+
+    @model_validator(mode="after")
+    def _some(self) -> ValidationConfig:
+        if not self.checks:
+            raise ValueError("a validation stage needs at least one check (`checks`, `schema` or `rules`)")
+        return self
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+class OutputConfig(_Model):
+    destination: Literal["table", "warehouse", "database", "file"] = Field(
+        "table", description="`table` (DuckDB; `warehouse`/`database` are synonyms) or `file`"
+    )
+    table: str | None = Field(None, pattern=IDENT, description="Target table, optionally schema.table")
+    mode: Literal["append", "replace", "merge"] = "replace"
+    keys: list[str] = Field(default_factory=list, description="Merge keys (mode: merge)")
+    path: str | None = Field(None, description="File to write (destination: file)")
+    format: Literal["auto", "parquet", "csv", "json", "html"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            v = dict(v)
+            if v.get("mode") in ("upsert",):
+                v["mode"] = "merge"
+            if v.get("mode") == "overwrite":
+                v["mode"] = "replace"
+            if "path" in v and "destination" not in v:
+                v["destination"] = "file"
+        return v
+
+    @model_validator(mode="after")
+    def _target(self) -> OutputConfig:
+        if self.destination == "file":
+            if not self.path:
+                raise ValueError("a file output needs `path`")
+            if self.mode == "merge":
+                raise ValueError("merge mode is for tables; files are written whole")
+        elif not self.table:
+            raise ValueError("a table output needs `table`")
+        if self.mode == "merge" and not self.keys:
+            raise ValueError("merge mode needs `keys`")
+        return self
+
+
+# --- python, shell, notify -----------------------------------------------------------------
+
+
+class PythonConfig(_Model):
+    callable: str = Field(
+        pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$",
+        description="`module:function` or `file.py:function` (file relative to the pipeline)",
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ShellConfig(_Model):
+    command: str | list[str] = Field(description="A shell command line, or an argv list")
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+
+
+class NotifyConfig(_Model):
+    channel: Literal["webhook", "email"] = "webhook"
+    url: str | None = Field(None, description="webhook: where to POST (Slack-compatible JSON)")
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    sender: str = "flexiroaster@localhost"
+    to: list[str] = Field(default_factory=list)
+    subject: str = "FlexiRoaster pipeline {{ pipeline }}"
+    body: str = Field("", description="Message text; may use {{ placeholders }}")
+
+    @model_validator(mode="after")
+    def _target(self) -> NotifyConfig:
+        if self.channel == "webhook" and not self.url:
+            raise ValueError("a webhook notification needs `url`")
+        if self.channel == "email" and not self.to:
+            raise ValueError("an email notification needs `to`")
+        return self
+
+
+CONFIG_MODELS: dict[StageType, type[_Model]] = {
+    StageType.INPUT: InputConfig,
+    StageType.SQL: SqlConfig,
+    StageType.TRANSFORM: TransformConfig,
+    StageType.VALIDATION: ValidationConfig,
+    StageType.OUTPUT: OutputConfig,
+    StageType.PYTHON: PythonConfig,
+    StageType.SHELL: ShellConfig,
+    StageType.NOTIFY: NotifyConfig,
+}
+
+
+# --- stage and pipeline --------------------------------------------------------------------
+
+
+def _stage_variant(kind: StageType) -> type[BaseModel]:
+    cfg = CONFIG_MODELS[kind]
+
+    class _Stage(_Model):
+        id: str = Field(pattern=STAGE_ID, max_length=63, description="Unique id; a table name to SQL")
+        name: str | None = None
+        description: str | None = None
+        type: Literal[kind.value]  # type: ignore[valid-type]
+        config: cfg  # type: ignore[valid-type]
+        dependencies: list[str] = Field(default_factory=list)
+        timeout: float | None = Field(None, gt=0, description="Seconds; the stage is stopped after it")
+        retries: int = Field(0, ge=0, le=50)
+        retry_delay: float = Field(1.0, ge=0, le=3600, description="Seconds before the first retry; doubles")
+
+        @property
+        def title(self) -> str:
+            return self.name or self.id
+
+    _Stage.__name__ = f"{kind.value.capitalize()}Stage"
+    return _Stage
+
+
+_VARIANTS = {kind: _stage_variant(kind) for kind in StageType}
+Stage = Annotated[
+    _VARIANTS[StageType.INPUT]
+    | _VARIANTS[StageType.SQL]
+    | _VARIANTS[StageType.TRANSFORM]
+    | _VARIANTS[StageType.VALIDATION]
+    | _VARIANTS[StageType.OUTPUT]
+    | _VARIANTS[StageType.PYTHON]
+    | _VARIANTS[StageType.SHELL]
+    | _VARIANTS[StageType.NOTIFY],
+    Field(discriminator="type"),
+]
+
+
+class Pipeline(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\- ]*$", max_length=100)
+    description: str = ""
+    version: str = "1.0.0"
+    variables: dict[str, Scalar] = Field(default_factory=dict)
+    stages: list[Stage] = Field(min_length=1, description="At least one stage")  # type: ignore[valid-type]
+    tags: list[str] = Field(default_factory=list)
+    owner: str | None = None
+    max_workers: int | None = Field(None, ge=1, le=64, description="Parallel stages in one run")
+    max_active_runs: int = Field(1, ge=1, le=100)
+    schedule: dict[str, Any] | str | None = None
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, (int, float)) else v
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "_", self.name.lower()).strip("_")
+
+    def stage(self, stage_id: str) -> Any:
+        for s in self.stages:
+            if s.id == stage_id:
+                return s
+        raise KeyError(stage_id)
+
+
+# --- loading with positions ----------------------------------------------------------------
+
+
+class _Marks:
+    """Line numbers of every mapping key and sequence item in a YAML document."""
+
+    def __init__(self) -> None:
+        self.lines: dict[tuple, int] = {}
+        self.duplicates: list[tuple[tuple, int]] = []
+
+    def walk(self, node: yaml.Node, path: tuple) -> None:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key, value in node.value:
+                k = key.value
+                if k in seen:
+                    self.duplicates.append((path + (k,), key.start_mark.line + 1))
+                seen.add(k)
+                self.lines[path + (k,)] = key.start_mark.line + 1
+                self.walk(value, path + (k,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.walk(item, path + (i,))
+
+    def line_of(self, loc: tuple) -> int | None:
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in self.lines:
+                return self.lines[loc[:end]]
+        return None
+
+
+def _loc_text(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    # Drop the discriminator tags and helper frames pydantic adds (`stages.2.sql.config`).
+    tags = {k.value for k in StageType}
+    skip = tags | {"function-after", "function-before", "function-wrap"}
+    return tuple(p for p in loc if not (isinstance(p, str) and (p in skip or "[" in p)))
+
+
+def format_validation_error(exc: ValidationError, source: str, marks: _Marks | None) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = _clean_loc(tuple(err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "missing":
+            msg = "field required"
+        elif err["type"] == "union_tag_invalid":
+            tag = err.get("ctx", {}).get("tag")
+            msg = f"unknown stage type {tag!r}; expected one of {', '.join(k.value for k in StageType)}"
+        line = marks.line_of(loc) if marks else None
+        where = f"{source} line {line}" if line else source
+        lines.append(f"{_loc_text(loc) or '(document)'}: {msg} ({where})")
+    return lines
+
+
+def parse_document(text: str, source: str = "<pipeline>") -> tuple[Any, _Marks | None]:
+    """Parse YAML (or JSON) text into plain data plus the line of every key."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{source} line {mark.line + 1}, column {mark.column + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"invalid YAML in {where}: {problem}") from None
+    except (ValueError, RecursionError) as exc:  # e.g. bad escapes, absurd nesting
+        raise SpecError(f"invalid YAML in {source}: {exc}") from None
+    marks = _Marks()
+    if node is not None:
+        try:
+            marks.walk(node, ())
+        except RecursionError:
+            raise SpecError(f"invalid YAML in {source}: nested too deeply") from None
+    if marks.duplicates:
+        path, line = marks.duplicates[0]
+        raise SpecError(f"{_loc_text(path)}: duplicate key ({source} line {line})")
+    return data, marks
+
+
+def load_pipeline_text(
+    text: str, source: str = "<pipeline>", params: dict[str, Any] | None = None
+) -> Pipeline:
+    """Parse and validate a pipeline document; every problem becomes a SpecError.
+
+    Placeholders must name a variable, a builtin or one of `params`.
+    """
+    data, marks = parse_document(text, source)
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else type(data).__name__
+        raise SpecError(f"{source}: a pipeline is a mapping with `name` and `stages`, got {kind}")
+    try:
+        pipeline = Pipeline.model_validate(data)
+    except ValidationError as exc:
+        lines = format_validation_error(exc, source, marks)
+        raise SpecError(f"{source}: {len(lines)} problem(s) in the pipeline", details=lines) from None
+    from .dag import check_graph  # graph rules live in dag.py
+
+    check_graph(pipeline, source, marks)
+    check_placeholders(pipeline, source, marks, params or {})
+    return pipeline
+
+
+def check_placeholders(
+    pipeline: Pipeline, source: str = "<pipeline>", marks: _Marks | None = None, params: dict | None = None
+) -> None:
+    """Every `{{ name }}` in stage configs must have a value; list each one that does not."""
+    from .template import BUILTINS, FILTERS, placeholders
+
+    known = set(pipeline.variables) | set(BUILTINS) | set(params or {})
+    problems = []
+    for i, stage in enumerate(pipeline.stages):
+        raw = stage.config.model_dump(mode="json")
+        for name, filt, path in placeholders(raw, ("stages", i, "config")):
+            loc = path
+            line = marks.line_of(loc) if marks else None
+            where = f"{source} line {line}" if line else source
+            if filt is not None and filt not in FILTERS:
+                problems.append(f"{_loc_text(loc)}: unknown filter `| {filt}` (known: ident) ({where})")
+            if name not in known:
+                problems.append(
+                    f"{_loc_text(loc)}: undefined variable {{{{ {name} }}}}; define it under `variables`"
+                    f" or pass it as a parameter ({where})"
+                )
+    if problems:
+        from .errors import TemplateError
+
+        raise TemplateError(f"{source}: {len(problems)} undefined placeholder(s)", details=problems)
+
+
+def load_pipeline(path: str | Path, params: dict[str, Any] | None = None) -> Pipeline:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read: {exc}") from None
+    return load_pipeline_text(text, str(path), params)
+
+
+def pipeline_to_yaml(p: Pipeline) -> str:
+    data = json.loads(p.model_dump_json(exclude_none=True, exclude_defaults=True))
+    return yaml.safe_dump(data, sort_keys=False)

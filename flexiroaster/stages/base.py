@@ -1,0 +1,155 @@
+"""What a stage gets to work with (StageContext) and what it hands back (StageResult)."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+from ..errors import Cancelled, StageError
+from ..template import quote_ident
+
+if TYPE_CHECKING:
+    from ..spec import Pipeline
+    from ..store import Store
+
+
+@dataclass
+class StageResult:
+    relation: str | None = None  # qualified name of the stage's output in the run's scratch schema
+    rows_out: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageContext:
+    run_id: str
+    pipeline: Pipeline
+    stage: Any
+    config: Any  # the stage's config model with placeholders filled
+    sql_params: dict[str, Any]
+    inputs: dict[str, str]  # dependency id -> qualified relation (only deps that produce data)
+    store: Store
+    schema: str  # the run's scratch schema, e.g. scratch."r_ab12"
+    data_dir: Path
+    logger: Callable[[str, str], None]
+    cancel: threading.Event
+    scope: dict[str, Any] = field(default_factory=dict)
+    _killers: list[Callable[[], None]] = field(default_factory=list)
+    _cursor: duckdb.DuckDBPyConnection | None = None
+
+    # --- plumbing the engine uses -----------------------------------------------------------
+
+    @property
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor of this attempt alone; the engine interrupts it on timeout or cancel."""
+        if self._cursor is None:
+            self._cursor = self.store.new_cursor()
+        return self._cursor
+
+    def on_kill(self, fn: Callable[[], None]) -> None:
+        self._killers.append(fn)
+
+    def kill(self) -> None:
+        if self._cursor is not None:
+            self._cursor.interrupt()
+        for fn in list(self._killers):
+            try:
+                fn()
+            except Exception:  # a killer of something already gone
+                pass
+
+    def close(self) -> None:
+        if self._cursor is not None:
+            try:
+                self._cursor.close()
+            except Exception:
+                pass
+
+    def check_cancelled(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled("the run was cancelled")
+
+    # --- helpers for stage modules ----------------------------------------------------------
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        self.logger(level, message)
+
+    @property
+    def output_name(self) -> str:
+        return f"{self.schema}.{quote_ident(self.stage.id)}"
+
+    def single_input(self) -> str:
+        if len(self.inputs) != 1:
+            got = ", ".join(self.inputs) or "none"
+            raise StageError(
+                f"a {self.stage.type} stage reads exactly one upstream table; it depends on: {got}"
+            )
+        return next(iter(self.inputs.values()))
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """All-or-nothing writes to user tables on this attempt's cursor."""
+        cur = self.cursor
+        cur.execute("BEGIN")
+        try:
+            yield cur
+        except BaseException:
+            try:
+                cur.execute("ROLLBACK")
+            except duckdb.Error:  # an interrupted transaction may already be gone
+                pass
+            raise
+        cur.execute("COMMIT")
+
+    def params_for(self, sql: str) -> dict[str, Any] | None:
+        """The bound parameters `sql` uses (DuckDB refuses unused named parameters)."""
+        used = {k: v for k, v in self.sql_params.items() if re.search(rf"\${k}\b", sql)}
+        return used or None
+
+    def query(self, sql: str) -> list[tuple]:
+        return self.cursor.execute(sql, self.params_for(sql)).fetchall()
+
+    def create_relation(self, select_sql: str, *, lazy: bool = True, name: str | None = None) -> str:
+        """Store `select_sql` as this stage's output (or `name`): a view when lazy, else a table.
+
+        Views cannot hold bound parameters, so a query with parameters is always materialised.
+        """
+        params = self.params_for(select_sql)
+        kind = "VIEW" if lazy and not params else "TABLE"
+        name = name or self.output_name
+        self.cursor.execute(f"CREATE OR REPLACE {kind} {name} AS {select_sql}", params)
+        return name
+
+    def create_from_frame(self, frame: Any) -> str:
+        """Store a polars DataFrame or Arrow table as this stage's output table."""
+        name = f"_frame_{self.stage.id}".replace("-", "_")
+        self.cursor.register(name, frame)
+        try:
+            self.cursor.execute(f"CREATE OR REPLACE TABLE {self.output_name} AS SELECT * FROM {name}")
+        finally:
+            self.cursor.unregister(name)
+        return self.output_name
+
+    def count(self, relation: str) -> int:
+        return self.query(f"SELECT count(*) FROM {relation}")[0][0]
+
+    def columns(self, relation: str) -> list[tuple[str, str]]:
+        sql = f"SELECT * FROM {relation} LIMIT 0"
+        rel = self.cursor.sql(sql, params=self.params_for(sql))
+        return list(zip(rel.columns, [str(t) for t in rel.types], strict=True))
+
+    def resolve_path(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.data_dir / p
+
+    def target_table(self, name: str) -> str:
+        """A user table name (`t` or `schema.t`) qualified in the store's catalog."""
+        schema, _, table = name.rpartition(".")
+        return ".".join(quote_ident(x) for x in (self.store.catalog, schema or "main", table))
