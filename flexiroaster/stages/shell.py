@@ -41,11 +41,12 @@ def run(ctx: StageContext) -> StageResult:
     ctx.on_kill(kill)
     tail: deque[str] = deque(maxlen=20)
     lines = 0
-    for line in proc.stdout:
-        line = line.rstrip("\n")
-        tail.append(line)
-        lines += 1
-        ctx.log(line)
+    with proc.stdout:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            lines += 1
+            ctx.log(line)
     code = proc.wait()
     ctx.check_cancelled()
     if code != 0:
