@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -269,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     except FlexiError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a bug, not bad input: short message, traceback on request
+        if os.environ.get("FLEXIROASTER_DEBUG"):
+            raise
+        print(f"Error: internal error {type(exc).__name__}: {exc} (FLEXIROASTER_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":
