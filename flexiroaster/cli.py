@@ -118,7 +118,11 @@ def _run_in_thread(fn, engine, run_id_holder: list) -> Any:
 
 def _summary(rec, out) -> None:
     took = f" in {rec.duration:.2f}s" if rec.duration is not None else ""
-    print(f"run {rec.id} {rec.status}{took}" + (f": {rec.error}" if rec.error and rec.status != "completed" else ""), file=out)
+    print(
+        f"run {rec.id} {rec.status}{took}"
+        + (f": {rec.error}" if rec.error and rec.status != "completed" else ""),
+        file=out,
+    )
 
 
 def cmd_validate(args) -> int:
@@ -144,7 +148,9 @@ def cmd_run(args) -> int:
     pipeline = load_pipeline(find_pipeline_file(args.pipeline, settings), params)
     store, engine = _open(settings)
     try:
-        rec = _run_in_thread(lambda: engine.run(pipeline, params, listener=_printer(sys.stdout)), engine, [])
+        rec = _run_in_thread(
+            lambda: engine.run(pipeline, params, listener=_printer(sys.stdout)), engine, []
+        )
         _summary(rec, sys.stdout)
         return 0 if rec.status == "completed" else 1
     finally:
@@ -156,7 +162,9 @@ def cmd_retry(args) -> int:
     settings = _settings()
     store, engine = _open(settings)
     try:
-        rec = _run_in_thread(lambda: engine.retry(args.run_id, listener=_printer(sys.stdout)), engine, [])
+        rec = _run_in_thread(
+            lambda: engine.retry(args.run_id, listener=_printer(sys.stdout)), engine, []
+        )
         _summary(rec, sys.stdout)
         return 0 if rec.status == "completed" else 1
     finally:
@@ -170,7 +178,9 @@ def cmd_runs(args) -> int:
 
     store = Store(settings.store_file)
     try:
-        runs, total = store.list_executions(pipeline_id=args.pipeline, status=args.status, limit=args.limit)
+        runs, total = store.list_executions(
+            pipeline_id=args.pipeline, status=args.status, limit=args.limit
+        )
     finally:
         store.close()
     if args.json:
@@ -180,7 +190,9 @@ def cmd_runs(args) -> int:
     for r in runs:
         took = f"{r.duration:.2f}" if r.duration is not None else "-"
         started = r.started_at.strftime("%Y-%m-%d %H:%M:%S") if r.started_at else "-"
-        print(f"{r.id:16}  {r.pipeline_id[:28]:28} {r.status!s:9} {r.stages_completed:>3}/{r.total_stages:<3} {took:>8}  {started}")
+        print(
+            f"{r.id:16}  {r.pipeline_id[:28]:28} {r.status!s:9} {r.stages_completed:>3}/{r.total_stages:<3} {took:>8}  {started}"
+        )
     print(f"({len(runs)} of {total})")
     return 0
 
@@ -215,7 +227,9 @@ def cmd_demo(args) -> int:
         for f in files:
             pipeline = load_pipeline(f)
             print(f"\n== {f.name}")
-            rec = _run_in_thread(lambda p=pipeline: engine.run(p, listener=_printer(sys.stdout)), engine, [])
+            rec = _run_in_thread(
+                lambda p=pipeline: engine.run(p, listener=_printer(sys.stdout)), engine, []
+            )
             _summary(rec, sys.stdout)
             meant_to_fail = FAILS_ON_PURPOSE in pipeline.tags
             ok = (rec.status == "completed") != meant_to_fail
@@ -232,7 +246,9 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flexiroaster", description="Pipelines on DuckDB and polars.")
+    parser = argparse.ArgumentParser(
+        prog="flexiroaster", description="Pipelines on DuckDB and polars."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate", help="check pipeline files")
     p.add_argument("files", nargs="+")
@@ -273,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, not bad input: short message, traceback on request
         if os.environ.get("FLEXIROASTER_DEBUG"):
             raise
-        print(f"Error: internal error {type(exc).__name__}: {exc} (FLEXIROASTER_DEBUG=1 shows the traceback)", file=sys.stderr)
+        print(
+            f"Error: internal error {type(exc).__name__}: {exc} (FLEXIROASTER_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
         return 70
 
 

@@ -70,15 +70,21 @@ class Engine:
 
     # --- public API -------------------------------------------------------------------------
 
-    def run(self, pipeline: Pipeline, params: dict[str, Any] | None = None, **kw: Any) -> ExecutionRecord:
+    def run(
+        self, pipeline: Pipeline, params: dict[str, Any] | None = None, **kw: Any
+    ) -> ExecutionRecord:
         """Run a pipeline to the end in this thread; returns the final execution record."""
         run = self.prepare(pipeline, params, **kw)
         return self.execute(run)
 
-    def submit(self, pipeline: Pipeline, params: dict[str, Any] | None = None, **kw: Any) -> ExecutionRecord:
+    def submit(
+        self, pipeline: Pipeline, params: dict[str, Any] | None = None, **kw: Any
+    ) -> ExecutionRecord:
         """Start a run on its own coordinator thread; returns the pending record at once."""
         run = self.prepare(pipeline, params, **kw)
-        threading.Thread(target=self.execute, args=(run,), name=f"run-{run.record.id}", daemon=True).start()
+        threading.Thread(
+            target=self.execute, args=(run,), name=f"run-{run.record.id}", daemon=True
+        ).start()
         return run.record
 
     def prepare(
@@ -108,9 +114,7 @@ class Engine:
             pid=os.getpid(),
             spec_yaml=pipeline_to_yaml(pipeline),
         )
-        stages = {
-            s.id: StageRecord(run_id, s.id, s.type, i) for i, s in enumerate(pipeline.stages)
-        }
+        stages = {s.id: StageRecord(run_id, s.id, s.type, i) for i, s in enumerate(pipeline.stages)}
         scope = {
             **pipeline.variables,
             **params,
@@ -132,7 +136,9 @@ class Engine:
         """Re-run a failed or cancelled run from where it stopped, reusing completed stages."""
         old = self.store.get_execution(execution_id)
         if old.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
-            raise Conflict(f"run {execution_id} is {old.status}; only failed or cancelled runs can be retried")
+            raise Conflict(
+                f"run {execution_id} is {old.status}; only failed or cancelled runs can be retried"
+            )
         pipeline = load_pipeline_text(old.spec_yaml, f"run {execution_id}", old.params)
         return self.run(pipeline, old.params, retry_of=old, **kw)
 
@@ -171,7 +177,12 @@ class Engine:
         rec.status, rec.started_at = RunStatus.RUNNING, now()
         self.store.update_execution(rec)
         self._emit(run, "run_started")
-        self._log(run, None, "INFO", f"run started ({len(run.pipeline.stages)} stages, trigger {rec.trigger})")
+        self._log(
+            run,
+            None,
+            "INFO",
+            f"run started ({len(run.pipeline.stages)} stages, trigger {rec.trigger})",
+        )
         cur = self.store.new_cursor()
         try:
             cur.execute(f"CREATE SCHEMA IF NOT EXISTS {run.schema}")
@@ -211,9 +222,13 @@ class Engine:
                 blocked = [d for d in stage.dependencies if run.stages[d].status in _BLOCKING]
                 if blocked:
                     cause = run.stages[blocked[0]].status
-                    self._finish_stage(run, srec, StageStatus.SKIPPED, error=f"upstream `{blocked[0]}` {cause}")
+                    self._finish_stage(
+                        run, srec, StageStatus.SKIPPED, error=f"upstream `{blocked[0]}` {cause}"
+                    )
                     continue
-                if len(running) < limit and all(run.stages[d].status == StageStatus.COMPLETED for d in stage.dependencies):
+                if len(running) < limit and all(
+                    run.stages[d].status == StageStatus.COMPLETED for d in stage.dependencies
+                ):
                     attempt = self._launch(run, stage)
                     running[attempt[0]] = attempt[1]
             if not running and not delayed:
@@ -269,7 +284,9 @@ class Engine:
         stage, srec = attempt.stage, run.stages[attempt.stage.id]
         exc = fut.exception()
         if attempt.killed_for == "timeout" and exc is not None:
-            exc = StageTimeout(f"stage timed out after {stage.timeout or self.settings.default_timeout:g} s")
+            exc = StageTimeout(
+                f"stage timed out after {stage.timeout or self.settings.default_timeout:g} s"
+            )
         if exc is None and not run.cancel.is_set():
             result: StageResult = fut.result()
             run.outputs[stage.id] = result.relation
@@ -285,10 +302,14 @@ class Engine:
             return
         self._fail_attempt(run, stage, srec, exc, delayed)
 
-    def _fail_attempt(self, run: _Run, stage: Any, srec: StageRecord, exc: BaseException, delayed: dict) -> None:
+    def _fail_attempt(
+        self, run: _Run, stage: Any, srec: StageRecord, exc: BaseException, delayed: dict
+    ) -> None:
         srec.error_type = type(exc).__name__
         srec.error = str(exc)
-        srec.traceback = None if isinstance(exc, FlexiError) else "".join(traceback.format_exception(exc))
+        srec.traceback = (
+            None if isinstance(exc, FlexiError) else "".join(traceback.format_exception(exc))
+        )
         if srec.attempts <= stage.retries:
             delay = stage.retry_delay * 2 ** (srec.attempts - 1)
             srec.status = StageStatus.RETRYING
@@ -307,12 +328,19 @@ class Engine:
         for fut, attempt in list(running.items()):
             if attempt.killed_for is None and attempt.deadline and current >= attempt.deadline:
                 attempt.killed_for, attempt.killed_at = "timeout", current
-                self._log(run, attempt.stage.id, "WARN", f"stage {attempt.stage.id} exceeded its timeout; stopping it")
+                self._log(
+                    run,
+                    attempt.stage.id,
+                    "WARN",
+                    f"stage {attempt.stage.id} exceeded its timeout; stopping it",
+                )
                 attempt.ctx.kill()
             elif attempt.killed_at and current >= attempt.killed_at + KILL_GRACE:
                 # Python code cannot be killed inside a thread: stop waiting and let it finish unseen.
                 del running[fut]
-                exc = StageTimeout(f"stage timed out after {attempt.stage.timeout:g} s (left running, result discarded)")
+                exc = StageTimeout(
+                    f"stage timed out after {attempt.stage.timeout:g} s (left running, result discarded)"
+                )
                 self._fail_attempt(run, attempt.stage, run.stages[attempt.stage.id], exc, delayed)
 
     def _cancel_all(self, run: _Run, running: dict[Future, _Attempt], delayed: dict) -> None:
@@ -322,14 +350,18 @@ class Engine:
             attempt.ctx.kill()
         wait(list(running), timeout=KILL_GRACE)
         for attempt in running.values():
-            self._finish_stage(run, run.stages[attempt.stage.id], StageStatus.CANCELLED, error="run cancelled")
+            self._finish_stage(
+                run, run.stages[attempt.stage.id], StageStatus.CANCELLED, error="run cancelled"
+            )
         for srec in run.stages.values():
             if srec.status not in StageStatus.terminal():
                 self._finish_stage(run, srec, StageStatus.SKIPPED, error="run cancelled")
 
     # --- recording --------------------------------------------------------------------------
 
-    def _finish_stage(self, run: _Run, srec: StageRecord, status: StageStatus, error: str | None = None) -> None:
+    def _finish_stage(
+        self, run: _Run, srec: StageRecord, status: StageStatus, error: str | None = None
+    ) -> None:
         srec.status = status
         srec.completed_at = now()
         if srec.started_at:
@@ -342,9 +374,19 @@ class Engine:
         self._emit(run, f"stage_{status}", srec)
         if status == StageStatus.COMPLETED:
             rows = f", {srec.rows_out} rows" if srec.rows_out is not None else ""
-            self._log(run, srec.stage_id, "INFO", f"stage {srec.stage_id} completed in {srec.duration:.3f} s{rows}")
+            self._log(
+                run,
+                srec.stage_id,
+                "INFO",
+                f"stage {srec.stage_id} completed in {srec.duration:.3f} s{rows}",
+            )
         elif status == StageStatus.FAILED:
-            self._log(run, srec.stage_id, "ERROR", f"stage {srec.stage_id} failed: {srec.error_type or ''} {error}".strip())
+            self._log(
+                run,
+                srec.stage_id,
+                "ERROR",
+                f"stage {srec.stage_id} failed: {srec.error_type or ''} {error}".strip(),
+            )
         else:
             self._log(run, srec.stage_id, "WARN", f"stage {srec.stage_id} {status}: {error}")
 
@@ -354,7 +396,11 @@ class Engine:
         if run.cancel.is_set():
             rec.status = RunStatus.CANCELLED
             rec.error = rec.error or "cancelled"
-        elif rec.error or statuses & {StageStatus.FAILED, StageStatus.SKIPPED, StageStatus.CANCELLED}:
+        elif rec.error or statuses & {
+            StageStatus.FAILED,
+            StageStatus.SKIPPED,
+            StageStatus.CANCELLED,
+        }:
             rec.status = RunStatus.FAILED
             failed = [s for s in run.stages.values() if s.status == StageStatus.FAILED]
             if failed and not rec.error:
@@ -368,7 +414,13 @@ class Engine:
         except Exception:
             log.exception("could not drop scratch schema of run %s", rec.id)
         rec.completed_at = now()
-        self._log(run, None, "INFO" if rec.status == RunStatus.COMPLETED else "ERROR", f"run {rec.status}" + (f": {rec.error}" if rec.error and rec.status != RunStatus.COMPLETED else ""))
+        self._log(
+            run,
+            None,
+            "INFO" if rec.status == RunStatus.COMPLETED else "ERROR",
+            f"run {rec.status}"
+            + (f": {rec.error}" if rec.error and rec.status != RunStatus.COMPLETED else ""),
+        )
         self.store.update_execution(rec)
         with self._lock:
             self._active.pop(rec.id, None)
@@ -387,9 +439,13 @@ class Engine:
             work.mkdir(parents=True, exist_ok=True)
             path = work / f"{sid}.parquet"
             try:
-                cur.execute(f"COPY (SELECT * FROM {rel}) TO '{_sql_str(str(path))}' (FORMAT parquet)")
+                cur.execute(
+                    f"COPY (SELECT * FROM {rel}) TO '{_sql_str(str(path))}' (FORMAT parquet)"
+                )
             except Exception as exc:
-                self._log(run, sid, "WARN", f"could not keep the output of {sid} for a retry: {exc}")
+                self._log(
+                    run, sid, "WARN", f"could not keep the output of {sid} for a retry: {exc}"
+                )
 
     def work_dir(self, run_id: str) -> Path:
         return Path(self.settings.data_dir) / "work" / run_id
@@ -397,7 +453,11 @@ class Engine:
     def _plan_reuse(self, run: _Run, old: ExecutionRecord) -> None:
         """Mark stages completed in `old` as reused, where their outputs (if needed) were kept."""
         old_stages = {s.stage_id: s for s in self.store.get_stages(old.id)}
-        done = {sid for sid, s in old_stages.items() if s.status == StageStatus.COMPLETED and sid in run.stages}
+        done = {
+            sid
+            for sid, s in old_stages.items()
+            if s.status == StageStatus.COMPLETED and sid in run.stages
+        }
         pipe = run.pipeline
         rerun = set(run.stages) - done
         while True:  # a needed output that was not kept means that stage runs again too
@@ -414,7 +474,11 @@ class Engine:
             o, srec = old_stages[sid], run.stages[sid]
             srec.status, srec.rows_in, srec.rows_out = StageStatus.COMPLETED, o.rows_in, o.rows_out
             srec.metrics, srec.reused_from = o.metrics, o.reused_from or old.id
-            srec.started_at, srec.completed_at, srec.duration = o.started_at, o.completed_at, o.duration
+            srec.started_at, srec.completed_at, srec.duration = (
+                o.started_at,
+                o.completed_at,
+                o.duration,
+            )
             run.record.stages_completed += 1
             spilled = self.work_dir(old.id) / f"{sid}.parquet"
             if sid in needed and spilled.exists():

@@ -14,14 +14,24 @@ from .errors import FlexiError
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLEXIROASTER_", env_file=".env", extra="ignore")
 
-    data_dir: Path = Field(Path("data"), description="Sample data, relative paths and the store live here")
-    store_path: Path | None = Field(None, description="DuckDB store file; default DATA_DIR/flexiroaster.duckdb")
+    data_dir: Path = Field(
+        Path("data"), description="Sample data, relative paths and the store live here"
+    )
+    store_path: Path | None = Field(
+        None, description="DuckDB store file; default DATA_DIR/flexiroaster.duckdb"
+    )
     max_workers: int = Field(
-        default_factory=lambda: min(8, (os.cpu_count() or 2) * 2), ge=1, le=256,
+        default_factory=lambda: min(8, (os.cpu_count() or 2) * 2),
+        ge=1,
+        le=256,
         description="Stages that may run at once across all runs",
     )
-    default_timeout: float | None = Field(None, gt=0, description="Seconds, for stages without a timeout")
-    log_flush_interval: float = Field(0.2, gt=0, le=10, description="Seconds between batched log writes")
+    default_timeout: float | None = Field(
+        None, gt=0, description="Seconds, for stages without a timeout"
+    )
+    log_flush_interval: float = Field(
+        0.2, gt=0, le=10, description="Seconds between batched log writes"
+    )
 
     @property
     def store_file(self) -> Path:

@@ -154,7 +154,9 @@ class Store:
         self.meta = f'"{self.catalog}".flexiroaster'
         self._exec(self._con, "ATTACH ':memory:' AS scratch")
         self._migrate()
-        self._log_id = self._exec(self._con, "SELECT coalesce(max(id), 0) FROM flexiroaster.logs").fetchall()[0][0]
+        self._log_id = self._exec(
+            self._con, "SELECT coalesce(max(id), 0) FROM flexiroaster.logs"
+        ).fetchall()[0][0]
         self._stage_buf: dict[tuple[str, str], StageRecord] = {}
         self._log_buf: list[LogRecord] = []
         self._buf_lock = threading.Lock()
@@ -177,7 +179,9 @@ class Store:
         """A fresh cursor, for work that may be interrupted or needs its own search path."""
         return self._con.cursor()
 
-    def _exec(self, cur: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
+    def _exec(
+        self, cur: duckdb.DuckDBPyConnection, sql: str, params: Any = None
+    ) -> duckdb.DuckDBPyConnection:
         """Execute store SQL, with `flexiroaster.` meaning this store's metadata schema."""
         return cur.execute(_META.sub(self.meta + ".", sql), params)
 
@@ -196,11 +200,14 @@ class Store:
     def _migrate(self) -> None:
         con = self._con
         self._exec(con, f"CREATE SCHEMA IF NOT EXISTS {self.meta}")
-        self._exec(con, 
+        self._exec(
+            con,
             "CREATE TABLE IF NOT EXISTS flexiroaster.schema_version"
-            " (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+            " (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)",
         )
-        current = self._exec(con, "SELECT coalesce(max(version), 0) FROM flexiroaster.schema_version").fetchall()[0][0]
+        current = self._exec(
+            con, "SELECT coalesce(max(version), 0) FROM flexiroaster.schema_version"
+        ).fetchall()[0][0]
         if current > len(MIGRATIONS):
             raise FlexiError(
                 f"the store {self.path} has schema version {current}, newer than this FlexiRoaster"
@@ -210,7 +217,9 @@ class Store:
             self._exec(con, "BEGIN")
             try:
                 self._exec(con, sql)
-                self._exec(con, "INSERT INTO flexiroaster.schema_version VALUES (?, ?)", [number, now()])
+                self._exec(
+                    con, "INSERT INTO flexiroaster.schema_version VALUES (?, ?)", [number, now()]
+                )
             except Exception:
                 self._exec(con, "ROLLBACK")
                 raise
@@ -222,18 +231,22 @@ class Store:
         with self.transaction() as cur:
             ids = [
                 r[0]
-                for r in self._exec(cur, 
-                    "SELECT id FROM flexiroaster.executions WHERE status IN (SELECT unnest(?))", [active]
+                for r in self._exec(
+                    cur,
+                    "SELECT id FROM flexiroaster.executions WHERE status IN (SELECT unnest(?))",
+                    [active],
                 ).fetchall()
             ]
             if not ids:
                 return []
-            self._exec(cur, 
+            self._exec(
+                cur,
                 "UPDATE flexiroaster.executions SET status = 'failed', error = ?, completed_at = ?"
                 " WHERE id IN (SELECT unnest(?))",
                 [RECOVERY_REASON, now(), ids],
             )
-            self._exec(cur, 
+            self._exec(
+                cur,
                 "UPDATE flexiroaster.stage_executions SET status = CASE WHEN status IN ('running', 'retrying')"
                 " THEN 'failed' ELSE 'skipped' END, error = ?, completed_at = ?"
                 " WHERE execution_id IN (SELECT unnest(?)) AND status IN ('pending', 'running', 'retrying')",
@@ -295,12 +308,19 @@ class Store:
                     cols["status"] = [str(s) for s in cols["status"]]
                     cols["metrics"] = [json.dumps(m, default=str) for m in cols["metrics"]]
                     self._insert_arrow(
-                        cur, pa.table(cols), f"INSERT OR REPLACE INTO flexiroaster.stage_executions", _STAGE_COLS
+                        cur,
+                        pa.table(cols),
+                        "INSERT OR REPLACE INTO flexiroaster.stage_executions",
+                        _STAGE_COLS,
                     )
                 if logs:
                     cols = {c: [getattr(r, c) for r in logs] for c in _LOG_COLS}
-                    cols["metadata"] = [json.dumps(m, default=str) if m else None for m in cols["metadata"]]
-                    self._insert_arrow(cur, pa.table(cols), "INSERT INTO flexiroaster.logs", _LOG_COLS)
+                    cols["metadata"] = [
+                        json.dumps(m, default=str) if m else None for m in cols["metadata"]
+                    ]
+                    self._insert_arrow(
+                        cur, pa.table(cols), "INSERT INTO flexiroaster.logs", _LOG_COLS
+                    )
         except Exception:
             with self._buf_lock:  # put them back so nothing is lost; newer states win
                 for s in stages:
@@ -320,7 +340,8 @@ class Store:
 
     def insert_execution(self, rec: ExecutionRecord, stages: list[StageRecord]) -> None:
         with self.transaction() as cur:
-            self._exec(cur, 
+            self._exec(
+                cur,
                 f"INSERT INTO flexiroaster.executions ({', '.join(_EXEC_COLS)})"
                 f" VALUES ({', '.join('?' for _ in _EXEC_COLS)})",
                 [_db_value(c, getattr(rec, c)) for c in _EXEC_COLS],
@@ -333,7 +354,8 @@ class Store:
         self.flush()
         cols = [c for c in _EXEC_COLS if c != "id"]
         with self.transaction() as cur:
-            self._exec(cur, 
+            self._exec(
+                cur,
                 f"UPDATE flexiroaster.executions SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
                 [_db_value(c, getattr(rec, c)) for c in cols] + [rec.id],
             )
@@ -361,13 +383,19 @@ class Store:
             args.append(status)
         cond = " AND ".join(where)
         cur = self.cursor()
-        total = self._exec(cur, f"SELECT count(*) FROM flexiroaster.executions WHERE {cond}", args).fetchall()[0][0]
-        rows = self._select("executions", cond, args, order="created_at DESC, id DESC", limit=limit, offset=offset)
+        total = self._exec(
+            cur, f"SELECT count(*) FROM flexiroaster.executions WHERE {cond}", args
+        ).fetchall()[0][0]
+        rows = self._select(
+            "executions", cond, args, order="created_at DESC, id DESC", limit=limit, offset=offset
+        )
         return [_execution(r) for r in rows], total
 
     def get_stages(self, execution_id: str) -> list[StageRecord]:
         self.flush()
-        rows = self._select("stage_executions", "execution_id = ?", [execution_id], order="position")
+        rows = self._select(
+            "stage_executions", "execution_id = ?", [execution_id], order="position"
+        )
         return [_stage(r) for r in rows]
 
     def get_logs(self, execution_id: str, *, after: int = 0, limit: int = 1000) -> list[LogRecord]:
@@ -381,7 +409,14 @@ class Store:
         return self.list_executions(pipeline_id=pipeline_id, limit=limit)[0]
 
     def _select(
-        self, table: str, where: str, args: list, *, order: str | None = None, limit: int | None = None, offset: int = 0
+        self,
+        table: str,
+        where: str,
+        args: list,
+        *,
+        order: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
         sql = f"SELECT * FROM flexiroaster.{table} WHERE {where}"
         if order:
@@ -399,7 +434,8 @@ class Store:
         schema, _, table = name.rpartition(".")
         cur = cur or self.cursor()
         return bool(
-            self._exec(cur, 
+            self._exec(
+                cur,
                 "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = ?"
                 " AND table_name = ?",
                 [self.catalog, schema or "main", table],

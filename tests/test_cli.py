@@ -16,7 +16,11 @@ from flexiroaster.store import Store
 def cli(data_dir, *args, timeout=60):
     env = {**os.environ, "FLEXIROASTER_DATA_DIR": str(data_dir)}
     return subprocess.run(
-        [sys.executable, "-m", "flexiroaster", *args], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "flexiroaster", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -44,12 +48,21 @@ def test_run_prints_progress_and_exits_by_outcome(data_dir):
     assert "ok nums" in ok.stdout and "5 rows" in ok.stdout and " completed in " in ok.stdout
     bad = cli(data_dir, "run", str(data_dir / "bad.yaml"))
     assert bad.returncode == 1
-    assert "FAILED broken" in bad.stdout and "bad row" in bad.stdout and "Traceback" not in bad.stdout + bad.stderr
+    assert (
+        "FAILED broken" in bad.stdout
+        and "bad row" in bad.stdout
+        and "Traceback" not in bad.stdout + bad.stderr
+    )
 
     runs = cli(data_dir, "runs")
     assert runs.returncode == 0
     lines = runs.stdout.splitlines()
-    assert "cli-bad" in lines[1] and "failed" in lines[1] and "cli-good" in lines[2] and "completed" in lines[2]
+    assert (
+        "cli-bad" in lines[1]
+        and "failed" in lines[1]
+        and "cli-good" in lines[2]
+        and "completed" in lines[2]
+    )
     run_id = lines[1].split()[0]
     logs = cli(data_dir, "logs", run_id)
     assert "stage broken failed" in logs.stdout and "run failed" in logs.stdout
@@ -63,7 +76,10 @@ def test_run_prints_progress_and_exits_by_outcome(data_dir):
 
 def test_unknown_pipeline_and_bad_params_are_clear_errors(data_dir):
     missing = cli(data_dir, "run", "no-such-pipeline")
-    assert missing.returncode == 1 and "no pipeline file or sample named 'no-such-pipeline'" in missing.stderr
+    assert (
+        missing.returncode == 1
+        and "no pipeline file or sample named 'no-such-pipeline'" in missing.stderr
+    )
     (data_dir / "good.yaml").write_text(GOOD)
     bad = cli(data_dir, "run", str(data_dir / "good.yaml"), "--param", "oops")
     assert bad.returncode == 1 and "expected NAME=VALUE" in bad.stderr

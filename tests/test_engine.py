@@ -49,16 +49,28 @@ def test_triangle_run_records_everything_and_writes_the_table(engine, store):
     rec = engine.run(pipeline(TRIANGLE), {"bonus": 5})
     assert rec.status == RunStatus.COMPLETED, rec.error
     assert rec.stages_completed == rec.total_stages == 5
-    assert rows(store, "select * from report.salaries order by id") == [(1, 105, 400), (2, 205, 200), (3, 305, 400)]
+    assert rows(store, "select * from report.salaries order by id") == [
+        (1, 105, 400),
+        (2, 205, 200),
+        (3, 305, 400),
+    ]
 
     stages = {s.stage_id: s for s in store.get_stages(rec.id)}
     assert [s.status for s in stages.values()] == [StageStatus.COMPLETED] * 5
-    assert (stages["people"].rows_out, stages["by_dept"].rows_out, stages["raised"].rows_out) == (3, 2, 3)
+    assert (stages["people"].rows_out, stages["by_dept"].rows_out, stages["raised"].rows_out) == (
+        3,
+        2,
+        3,
+    )
     assert stages["joined"].rows_in == 5 and stages["joined"].rows_out == 3
     assert stages["save"].metrics == {"table": "report.salaries", "mode": "replace", "inserted": 3}
-    assert all(s.attempts == 1 and s.duration is not None and s.duration >= 0 for s in stages.values())
+    assert all(
+        s.attempts == 1 and s.duration is not None and s.duration >= 0 for s in stages.values()
+    )
     # Dependencies finished before their dependents started.
-    assert stages["joined"].started_at >= max(stages["by_dept"].completed_at, stages["raised"].completed_at)
+    assert stages["joined"].started_at >= max(
+        stages["by_dept"].completed_at, stages["raised"].completed_at
+    )
 
     stored = store.get_execution(rec.id)
     assert stored.status == RunStatus.COMPLETED and stored.params == {"bonus": 5}
@@ -67,7 +79,9 @@ def test_triangle_run_records_everything_and_writes_the_table(engine, store):
     assert messages[0].startswith("run started") and messages[-1] == "run completed"
     assert "wrote 3 row(s) to table report.salaries (replace)" in messages
     # The run's scratch schema is gone once it ends.
-    assert rows(store, f"select count(*) from duckdb_schemas() where schema_name = 'r_{rec.id}'") == [(0,)]
+    assert rows(
+        store, f"select count(*) from duckdb_schemas() where schema_name = 'r_{rec.id}'"
+    ) == [(0,)]
 
 
 def test_independent_stages_overlap_in_time(engine, store):
@@ -154,7 +168,9 @@ def test_cancel_stops_running_stages_and_skips_the_rest(engine, store, data_dir)
     rec = engine.submit(p)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if {s.stage_id: s.status for s in store.get_stages(rec.id)}.get("long") == StageStatus.RUNNING:
+        if {s.stage_id: s.status for s in store.get_stages(rec.id)}.get(
+            "long"
+        ) == StageStatus.RUNNING:
             break
         time.sleep(0.02)
     t0 = time.monotonic()
@@ -164,7 +180,11 @@ def test_cancel_stops_running_stages_and_skips_the_rest(engine, store, data_dir)
     final = store.get_execution(rec.id)
     assert final.status == RunStatus.CANCELLED
     st = {s.stage_id: s.status for s in store.get_stages(rec.id)}
-    assert st == {"long": StageStatus.CANCELLED, "quick": StageStatus.COMPLETED, "later": StageStatus.SKIPPED}
+    assert st == {
+        "long": StageStatus.CANCELLED,
+        "quick": StageStatus.COMPLETED,
+        "later": StageStatus.SKIPPED,
+    }
     assert not engine.cancel(rec.id)  # no longer active
 
 
@@ -189,7 +209,9 @@ def test_retries_back_off_exponentially_then_succeed(engine, store, data_dir):
     logs = store.get_logs(rec.id)
     retry_lines = [log for log in logs if "retrying in" in log.message]
     assert [line.message.rsplit("retrying in ", 1)[1] for line in retry_lines] == ["0.2 s", "0.4 s"]
-    started = [log.timestamp for log in logs if log.message.startswith("stage flaky (shell) started")]
+    started = [
+        log.timestamp for log in logs if log.message.startswith("stage flaky (shell) started")
+    ]
     gaps = [(b - a).total_seconds() for a, b in zip(started, started[1:], strict=False)]
     assert len(started) == 3 and 0.2 <= gaps[0] < 0.6 and 0.4 <= gaps[1] < 0.8, gaps
 
@@ -209,10 +231,15 @@ def test_failure_skips_downstream_but_independent_branches_finish(engine, store)
     assert rec.status == RunStatus.FAILED
     assert rec.error.startswith("stage bad failed: ") and "boom from data" in rec.error
     st = {s.stage_id: s for s in store.get_stages(rec.id)}
-    assert st["bad"].status == StageStatus.FAILED and st["bad"].error_type == "InvalidInputException"
+    assert (
+        st["bad"].status == StageStatus.FAILED and st["bad"].error_type == "InvalidInputException"
+    )
     assert "Traceback" in st["bad"].traceback
     assert (st["child"].status, st["child"].error) == (StageStatus.SKIPPED, "upstream `bad` failed")
-    assert (st["grandchild"].status, st["grandchild"].error) == (StageStatus.SKIPPED, "upstream `child` skipped")
+    assert (st["grandchild"].status, st["grandchild"].error) == (
+        StageStatus.SKIPPED,
+        "upstream `child` skipped",
+    )
     assert st["good"].status == StageStatus.COMPLETED
 
 
@@ -285,10 +312,14 @@ def test_retry_reruns_from_the_failed_stage_reusing_completed_outputs(engine, st
     assert {s.stage_id: s.status for s in store.get_stages(first.id)}["gate"] == StageStatus.FAILED
     (data_dir / "open.flag").write_text("")
     with pytest.raises(Conflict):
-        engine.retry(engine.run(pipeline("""
+        engine.retry(
+            engine.run(
+                pipeline("""
             name: ok
             stages: [{id: a, type: sql, config: {query: "select 1"}}]
-            """)).id)
+            """)
+            ).id
+        )
     second = engine.retry(first.id)
     assert second.status == RunStatus.COMPLETED, second.error
     assert second.retry_of == first.id
@@ -299,7 +330,9 @@ def test_retry_reruns_from_the_failed_stage_reusing_completed_outputs(engine, st
     assert rows(store, "select * from rerun_total") == [(10,)]
 
 
-def test_retry_after_restart_reruns_stages_whose_outputs_were_not_kept(engine, store, data_dir, settings):
+def test_retry_after_restart_reruns_stages_whose_outputs_were_not_kept(
+    engine, store, data_dir, settings
+):
     (data_dir / "steps.py").write_text(
         "import polars as pl\ndef extract(inputs, params):\n    return pl.DataFrame({'v': [5]})\n"
     )
@@ -360,7 +393,9 @@ def test_output_interrupted_mid_write_rolls_back(engine, store, data_dir):
         """
     )
     (data_dir / "gen").mkdir()
-    store.cursor().execute(f"copy (select range as x from range(20000000)) to '{data_dir}/gen/x.parquet'")
+    store.cursor().execute(
+        f"copy (select range as x from range(20000000)) to '{data_dir}/gen/x.parquet'"
+    )
     rec = engine.run(p)
     st = {s.stage_id: s for s in store.get_stages(rec.id)}
     assert st["write"].error_type == "StageTimeout" and st["file"].error_type == "StageTimeout"

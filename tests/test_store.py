@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from flexiroaster.errors import StoreLocked
 from flexiroaster.states import RunStatus, StageStatus
 from flexiroaster.store import RECOVERY_REASON, Store
 
@@ -35,7 +34,11 @@ def test_migrations_apply_once(settings):
 def test_a_second_process_fails_fast_naming_the_holder(store, data_dir):
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "flexiroaster", "runs"], env=_env(data_dir), capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "flexiroaster", "runs"],
+        env=_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 1
     assert f"in use by process {os.getpid()}" in proc.stderr
@@ -103,8 +106,12 @@ stages:
 def test_sigkill_mid_write_keeps_the_old_table_and_marks_the_run_failed(data_dir, settings, mode):
     (data_dir / "gen").mkdir()
     s = Store(settings.store_file)
-    s.cursor().execute(f"copy (select range as x, range as k from range(6000000)) to '{data_dir}/gen/x.parquet'")
-    s.cursor().execute("create table target as select range as k, 'old' as v, 'h' as h from range(5)")
+    s.cursor().execute(
+        f"copy (select range as x, range as k from range(6000000)) to '{data_dir}/gen/x.parquet'"
+    )
+    s.cursor().execute(
+        "create table target as select range as k, 'old' as v, 'h' as h from range(5)"
+    )
     s.close()
     (data_dir / "p.yaml").write_text(textwrap.dedent(SLOW_WRITE.format(mode=mode)))
     proc = subprocess.Popen(
