@@ -65,7 +65,9 @@ class Engine:
         self.store = store
         self.settings = settings
         self.pool = ThreadPoolExecutor(settings.max_workers, thread_name_prefix="stage")
-        self._active: dict[str, _Run] = {}
+        self._active: dict[str, _Run] = {}  # every run not yet finished: queued or running
+        self._running: dict[str, _Run] = {}  # runs started with submit() and still going
+        self._queue: list[_Run] = []  # submitted runs waiting for their pipeline's slot
         self._lock = threading.Lock()
 
     # --- public API -------------------------------------------------------------------------
@@ -80,12 +82,29 @@ class Engine:
     def submit(
         self, pipeline: Pipeline, params: dict[str, Any] | None = None, **kw: Any
     ) -> ExecutionRecord:
-        """Start a run on its own coordinator thread; returns the pending record at once."""
+        """Start a run on its own coordinator thread, or queue it (pending) while its pipeline
+        already has `max_active_runs` runs going. Returns the pending record at once."""
         run = self.prepare(pipeline, params, **kw)
+        with self._lock:
+            busy = sum(1 for r in self._running.values() if r.pipeline.name == pipeline.name)
+            if busy >= pipeline.max_active_runs:
+                self._queue.append(run)
+                return run.record
+            self._start(run)
+        return run.record
+
+    def _start(self, run: _Run, *, takes_slot: bool = True) -> None:
+        """Start a run's coordinator thread; the caller holds the lock."""
+        if takes_slot:
+            self._running[run.record.id] = run
         threading.Thread(
             target=self.execute, args=(run,), name=f"run-{run.record.id}", daemon=True
         ).start()
-        return run.record
+
+    def queued(self) -> int:
+        """Runs waiting for a slot (pending)."""
+        with self._lock:
+            return len(self._queue)
 
     def prepare(
         self,
@@ -149,6 +168,10 @@ class Engine:
         if run is None:
             return False
         run.cancel.set()
+        with self._lock:
+            if run in self._queue:  # never started: let it record itself cancelled now
+                self._queue.remove(run)
+                self._start(run, takes_slot=False)
         return True
 
     def active(self) -> list[str]:
@@ -165,7 +188,7 @@ class Engine:
         with self._lock:
             runs = list(self._active.values())
         for run in runs:
-            run.cancel.set()
+            self.cancel(run.record.id)
         for run in runs:
             run.done.wait(timeout)
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -424,8 +447,19 @@ class Engine:
         self.store.update_execution(rec)
         with self._lock:
             self._active.pop(rec.id, None)
+            if self._running.pop(rec.id, None) is not None:
+                self._start_next(run.pipeline.name)
         run.done.set()
         self._emit(run, "run_finished")
+
+    def _start_next(self, pipeline_name: str) -> None:
+        """A slot of `pipeline_name` freed: start its oldest queued run. The caller holds the lock."""
+        busy = sum(1 for r in self._running.values() if r.pipeline.name == pipeline_name)
+        for i, queued in enumerate(self._queue):
+            if queued.pipeline.name == pipeline_name and busy < queued.pipeline.max_active_runs:
+                del self._queue[i]
+                self._start(queued)
+                return
 
     def _spill(self, run: _Run, cur: Any) -> None:
         """Keep completed outputs that unfinished stages need, so a retry can start from them."""

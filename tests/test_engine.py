@@ -442,3 +442,29 @@ def test_concurrent_runs_share_the_engine(engine, store):
     assert [r.status for r in results] == [RunStatus.COMPLETED] * 8
     assert len({r.id for r in results}) == 8
     assert store.list_executions(pipeline_id="concurrent")[1] == 8
+
+
+def test_submit_queues_runs_beyond_max_active_runs(engine, store):
+    p = pipeline(
+        """
+        name: one-at-a-time
+        max_active_runs: 1
+        stages:
+          - {id: nap, type: shell, config: {command: "sleep 0.3"}}
+        """
+    )
+    recs = [engine.submit(p) for _ in range(3)]
+    assert engine.queued() == 2
+    third = recs[2].id
+    assert engine.cancel(third)  # a queued run cancels without ever running its stages
+    for r in recs:
+        assert engine.wait(r.id, timeout=10)
+    final = [store.get_execution(r.id) for r in recs]
+    assert [f.status for f in final] == [
+        RunStatus.COMPLETED,
+        RunStatus.COMPLETED,
+        RunStatus.CANCELLED,
+    ]
+    assert final[1].started_at >= final[0].completed_at  # never two at once
+    assert [s.status for s in store.get_stages(third)] == [StageStatus.SKIPPED]
+    assert engine.queued() == 0
