@@ -90,27 +90,31 @@ def _printer(out):
     return listener
 
 
-def _run_in_thread(fn, engine, run_id_holder: list) -> Any:
+def _run_in_thread(fn, engine) -> Any:
     """Run `fn` on a thread so Ctrl-C here can cancel the run cleanly."""
     result: list = []
     error: list = []
+    finished = threading.Event()
 
     def target() -> None:
         try:
             result.append(fn())
         except BaseException as exc:  # re-raised in the main thread
             error.append(exc)
+        finally:
+            finished.set()
 
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
+    threading.Thread(target=target, daemon=True).start()
+    # Wait on an Event, not Thread.join: a join interrupted by Ctrl-C can leave the
+    # thread looking finished while it still runs.
     try:
-        while t.is_alive():
-            t.join(0.2)
+        while not finished.wait(0.2):
+            pass
     except KeyboardInterrupt:
         print("\ncancelling ...", file=sys.stderr)
         for rid in engine.active():
             engine.cancel(rid)
-        t.join()
+        finished.wait()
     if error:
         raise error[0]
     return result[0]
@@ -149,7 +153,7 @@ def cmd_run(args) -> int:
     store, engine = _open(settings)
     try:
         rec = _run_in_thread(
-            lambda: engine.run(pipeline, params, listener=_printer(sys.stdout)), engine, []
+            lambda: engine.run(pipeline, params, listener=_printer(sys.stdout)), engine
         )
         _summary(rec, sys.stdout)
         return 0 if rec.status == "completed" else 1
@@ -163,7 +167,7 @@ def cmd_retry(args) -> int:
     store, engine = _open(settings)
     try:
         rec = _run_in_thread(
-            lambda: engine.retry(args.run_id, listener=_printer(sys.stdout)), engine, []
+            lambda: engine.retry(args.run_id, listener=_printer(sys.stdout)), engine
         )
         _summary(rec, sys.stdout)
         return 0 if rec.status == "completed" else 1
@@ -228,7 +232,7 @@ def cmd_demo(args) -> int:
             pipeline = load_pipeline(f)
             print(f"\n== {f.name}")
             rec = _run_in_thread(
-                lambda p=pipeline: engine.run(p, listener=_printer(sys.stdout)), engine, []
+                lambda p=pipeline: engine.run(p, listener=_printer(sys.stdout)), engine
             )
             _summary(rec, sys.stdout)
             meant_to_fail = FAILS_ON_PURPOSE in pipeline.tags

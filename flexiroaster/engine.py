@@ -122,7 +122,7 @@ class Engine:
         created = now()
         record = ExecutionRecord(
             id=run_id,
-            pipeline_id=pipeline.name,
+            pipeline_id=pipeline.id,
             pipeline_version=pipeline.version,
             status=RunStatus.PENDING,
             trigger=trigger,
