@@ -16,11 +16,12 @@ from typing import Any
 
 from .dag import downstream
 from .errors import Conflict, FlexiError, StageTimeout
+from .records import ExecutionRecord, StageRecord, now
 from .settings import Settings
 from .spec import Pipeline, check_placeholders, load_pipeline_text, pipeline_to_yaml
 from .stages import REGISTRY, StageContext, StageResult
 from .states import RunStatus, StageStatus
-from .store import ExecutionRecord, StageRecord, Store, now
+from .store import Store
 from .template import SqlParams, quote_ident, render_config
 
 log = logging.getLogger(__name__)

@@ -8,15 +8,29 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from .errors import FlexiError, NotFound, StoreLocked
-from .states import RunStatus, StageStatus
+from .records import (
+    EXEC_COLS,
+    LOG_COLS,
+    STAGE_COLS,
+    ExecutionRecord,
+    LogRecord,
+    PipelineRecord,
+    StageRecord,
+    db_value,
+    execution_from_row,
+    log_from_row,
+    now,
+    stage_from_row,
+)
+from .states import RunStatus
 
 log = logging.getLogger(__name__)
 _META = re.compile(r"\bflexiroaster\.")
@@ -59,71 +73,6 @@ MIGRATIONS: list[str] = [
     CREATE INDEX logs_execution ON flexiroaster.logs (execution_id);
     """,
 ]
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass
-class StageRecord:
-    execution_id: str
-    stage_id: str
-    stage_type: str
-    position: int
-    status: StageStatus = StageStatus.PENDING
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    duration: float | None = None
-    rows_in: int | None = None
-    rows_out: int | None = None
-    attempts: int = 0
-    error_type: str | None = None
-    error: str | None = None
-    traceback: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    reused_from: str | None = None
-
-
-@dataclass
-class ExecutionRecord:
-    id: str
-    pipeline_id: str
-    pipeline_version: str | None
-    status: RunStatus
-    trigger: str
-    params: dict[str, Any]
-    created_at: datetime
-    total_stages: int
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    error: str | None = None
-    stages_completed: int = 0
-    retry_of: str | None = None
-    pid: int | None = None
-    spec_yaml: str | None = None
-
-    @property
-    def duration(self) -> float | None:
-        if self.started_at and self.completed_at:
-            return (self.completed_at - self.started_at).total_seconds()
-        return None
-
-
-@dataclass(frozen=True)
-class LogRecord:
-    id: int
-    execution_id: str
-    stage_id: str | None
-    level: str
-    message: str
-    timestamp: datetime
-    metadata: dict[str, Any] | None = None
-
-
-_EXEC_COLS = [f for f in ExecutionRecord.__dataclass_fields__]
-_STAGE_COLS = [f for f in StageRecord.__dataclass_fields__]
-_LOG_COLS = [f for f in LogRecord.__dataclass_fields__]
 
 
 def _locked_message(path: Path, exc: Exception) -> str:
@@ -213,6 +162,7 @@ class Store:
                 f"the store {self.path} has schema version {current}, newer than this FlexiRoaster"
                 f" knows ({len(MIGRATIONS)}); upgrade FlexiRoaster"
             )
+        self.created = current == 0
         for number, sql in enumerate(MIGRATIONS[current:], start=current + 1):
             self._exec(con, "BEGIN")
             try:
@@ -304,22 +254,22 @@ class Store:
         try:
             with self.transaction() as cur:
                 if stages:
-                    cols = {c: [getattr(s, c) for s in stages] for c in _STAGE_COLS}
+                    cols = {c: [getattr(s, c) for s in stages] for c in STAGE_COLS}
                     cols["status"] = [str(s) for s in cols["status"]]
                     cols["metrics"] = [json.dumps(m, default=str) for m in cols["metrics"]]
                     self._insert_arrow(
                         cur,
                         pa.table(cols),
                         "INSERT OR REPLACE INTO flexiroaster.stage_executions",
-                        _STAGE_COLS,
+                        STAGE_COLS,
                     )
                 if logs:
-                    cols = {c: [getattr(r, c) for r in logs] for c in _LOG_COLS}
+                    cols = {c: [getattr(r, c) for r in logs] for c in LOG_COLS}
                     cols["metadata"] = [
                         json.dumps(m, default=str) if m else None for m in cols["metadata"]
                     ]
                     self._insert_arrow(
-                        cur, pa.table(cols), "INSERT INTO flexiroaster.logs", _LOG_COLS
+                        cur, pa.table(cols), "INSERT INTO flexiroaster.logs", LOG_COLS
                     )
         except Exception:
             with self._buf_lock:  # put them back so nothing is lost; newer states win
@@ -342,9 +292,9 @@ class Store:
         with self.transaction() as cur:
             self._exec(
                 cur,
-                f"INSERT INTO flexiroaster.executions ({', '.join(_EXEC_COLS)})"
-                f" VALUES ({', '.join('?' for _ in _EXEC_COLS)})",
-                [_db_value(c, getattr(rec, c)) for c in _EXEC_COLS],
+                f"INSERT INTO flexiroaster.executions ({', '.join(EXEC_COLS)})"
+                f" VALUES ({', '.join('?' for _ in EXEC_COLS)})",
+                [db_value(c, getattr(rec, c)) for c in EXEC_COLS],
             )
         for s in stages:
             self.record_stage(s)
@@ -352,35 +302,41 @@ class Store:
     def update_execution(self, rec: ExecutionRecord) -> None:
         """Write the run's row; stage states queued before it are flushed first."""
         self.flush()
-        cols = [c for c in _EXEC_COLS if c != "id"]
+        cols = [c for c in EXEC_COLS if c != "id"]
         with self.transaction() as cur:
             self._exec(
                 cur,
                 f"UPDATE flexiroaster.executions SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
-                [_db_value(c, getattr(rec, c)) for c in cols] + [rec.id],
+                [db_value(c, getattr(rec, c)) for c in cols] + [rec.id],
             )
 
     def get_execution(self, execution_id: str) -> ExecutionRecord:
         rows = self._select("executions", "id = ?", [execution_id])
         if not rows:
             raise NotFound(f"no execution {execution_id!r}")
-        return _execution(rows[0])
+        return execution_from_row(rows[0])
 
     def list_executions(
         self,
         *,
         pipeline_id: str | None = None,
         status: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> tuple[list[ExecutionRecord], int]:
+        """A page of runs, newest first, and how many match in all."""
         where, args = ["true"], []
-        if pipeline_id:
-            where.append("pipeline_id = ?")
-            args.append(pipeline_id)
-        if status:
-            where.append("status = ?")
-            args.append(status)
+        for cond, value in (
+            ("pipeline_id = ?", pipeline_id),
+            ("status = ?", status),
+            ("created_at >= ?", since),
+            ("created_at < ?", until),
+        ):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
         cond = " AND ".join(where)
         cur = self.cursor()
         total = self._exec(
@@ -389,24 +345,84 @@ class Store:
         rows = self._select(
             "executions", cond, args, order="created_at DESC, id DESC", limit=limit, offset=offset
         )
-        return [_execution(r) for r in rows], total
+        return [execution_from_row(r) for r in rows], total
 
     def get_stages(self, execution_id: str) -> list[StageRecord]:
         self.flush()
         rows = self._select(
             "stage_executions", "execution_id = ?", [execution_id], order="position"
         )
-        return [_stage(r) for r in rows]
+        return [stage_from_row(r) for r in rows]
 
     def get_logs(self, execution_id: str, *, after: int = 0, limit: int = 1000) -> list[LogRecord]:
         self.flush()
         rows = self._select(
             "logs", "execution_id = ? AND id > ?", [execution_id, after], order="id", limit=limit
         )
-        return [_log(r) for r in rows]
+        return [log_from_row(r) for r in rows]
 
     def pipeline_history(self, pipeline_id: str, limit: int = 100) -> list[ExecutionRecord]:
         return self.list_executions(pipeline_id=pipeline_id, limit=limit)[0]
+
+    # --- pipelines ------------------------------------------------------------------------
+
+    def save_pipeline(
+        self, pipeline_id: str, name: str, description: str, spec_yaml: str
+    ) -> PipelineRecord:
+        """Store a pipeline's text as its next version (version 1 when new)."""
+        at = now()
+        with self.transaction() as cur:
+            found = self._exec(
+                cur,
+                "SELECT version, created_at FROM flexiroaster.pipelines WHERE id = ?",
+                [pipeline_id],
+            ).fetchall()
+            version, created = (found[0][0] + 1, found[0][1]) if found else (1, at)
+            self._exec(
+                cur,
+                "INSERT OR REPLACE INTO flexiroaster.pipelines VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [pipeline_id, name, description, version, spec_yaml, created, at],
+            )
+            self._exec(
+                cur,
+                "INSERT INTO flexiroaster.pipeline_versions VALUES (?, ?, ?, ?)",
+                [pipeline_id, version, spec_yaml, at],
+            )
+        return PipelineRecord(pipeline_id, name, description, version, spec_yaml, created, at)
+
+    def get_pipeline(self, pipeline_id: str) -> PipelineRecord:
+        found = self._select("pipelines", "id = ?", [pipeline_id])
+        if not found:
+            raise NotFound(f"no pipeline {pipeline_id!r}")
+        return PipelineRecord(**found[0])
+
+    def list_pipelines(
+        self, *, limit: int = 100, offset: int = 0
+    ) -> tuple[list[PipelineRecord], int]:
+        total = self._exec(self.cursor(), "SELECT count(*) FROM flexiroaster.pipelines").fetchall()[
+            0
+        ][0]
+        found = self._select("pipelines", "true", [], order="id", limit=limit, offset=offset)
+        return [PipelineRecord(**r) for r in found], total
+
+    def pipeline_versions(self, pipeline_id: str) -> list[tuple[int, str, datetime]]:
+        """(version, spec_yaml, created_at) of every stored version, newest first."""
+        self.get_pipeline(pipeline_id)
+        found = self._select(
+            "pipeline_versions", "pipeline_id = ?", [pipeline_id], order="version DESC"
+        )
+        return [(r["version"], r["spec_yaml"], r["created_at"]) for r in found]
+
+    def delete_pipeline(self, pipeline_id: str) -> None:
+        """Forget a pipeline and its versions; its runs stay in the history."""
+        self.get_pipeline(pipeline_id)
+        with self.transaction() as cur:
+            self._exec(
+                cur,
+                "DELETE FROM flexiroaster.pipeline_versions WHERE pipeline_id = ?",
+                [pipeline_id],
+            )
+            self._exec(cur, "DELETE FROM flexiroaster.pipelines WHERE id = ?", [pipeline_id])
 
     def _select(
         self,
@@ -441,32 +457,3 @@ class Store:
                 [self.catalog, schema or "main", table],
             ).fetchall()[0][0]
         )
-
-
-def _db_value(col: str, value: Any) -> Any:
-    if col == "params":
-        return json.dumps(value, default=str)
-    if col == "status":
-        return str(value)
-    return value
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
-
-
-def _execution(row: dict[str, Any]) -> ExecutionRecord:
-    row["params"] = _json(row["params"]) or {}
-    row["status"] = RunStatus(row["status"])
-    return ExecutionRecord(**row)
-
-
-def _stage(row: dict[str, Any]) -> StageRecord:
-    row["metrics"] = _json(row["metrics"]) or {}
-    row["status"] = StageStatus(row["status"])
-    return StageRecord(**row)
-
-
-def _log(row: dict[str, Any]) -> LogRecord:
-    row["metadata"] = _json(row["metadata"])
-    return LogRecord(**row)
