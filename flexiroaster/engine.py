@@ -154,13 +154,16 @@ class Engine:
 
     def retry(self, execution_id: str, **kw: Any) -> ExecutionRecord:
         """Re-run a failed or cancelled run from where it stopped, reusing completed stages."""
+        old, pipeline = self._retry_source(execution_id)
+        return self.run(pipeline, old.params, retry_of=old, **kw)
+
+    def _retry_source(self, execution_id: str) -> tuple[ExecutionRecord, Pipeline]:
         old = self.store.get_execution(execution_id)
         if old.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
             raise Conflict(
                 f"run {execution_id} is {old.status}; only failed or cancelled runs can be retried"
             )
-        pipeline = load_pipeline_text(old.spec_yaml, f"run {execution_id}", old.params)
-        return self.run(pipeline, old.params, retry_of=old, **kw)
+        return old, load_pipeline_text(old.spec_yaml, f"run {execution_id}", old.params)
 
     def cancel(self, execution_id: str) -> bool:
         """Ask a run to stop: running stages are killed, the rest skipped. False if not active."""
@@ -178,6 +181,22 @@ class Engine:
     def active(self) -> list[str]:
         with self._lock:
             return list(self._active)
+
+    def pipeline_of(self, execution_id: str) -> str | None:
+        with self._lock:
+            run = self._active.get(execution_id)
+        return run.pipeline.id if run else None
+
+    def live(self, execution_id: str) -> ExecutionRecord | None:
+        """The in-memory record of an active run (fresher than the store's row), or None."""
+        with self._lock:
+            run = self._active.get(execution_id)
+        return run.record if run else None
+
+    def submit_retry(self, execution_id: str, **kw: Any) -> ExecutionRecord:
+        """Like retry(), but the new run goes through submit() and this returns at once."""
+        old, pipeline = self._retry_source(execution_id)
+        return self.submit(pipeline, old.params, retry_of=old, **kw)
 
     def wait(self, execution_id: str, timeout: float | None = None) -> bool:
         with self._lock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import FlexiError
@@ -31,6 +31,21 @@ class Settings(BaseSettings):
     )
     log_flush_interval: float = Field(
         0.2, gt=0, le=10, description="Seconds between batched log writes"
+    )
+    host: str = Field(
+        "127.0.0.1", description="Address the runtime binds (loopback unless a token is set)"
+    )
+    port: int = Field(8000, ge=0, le=65535)
+    api_token: SecretStr | None = Field(
+        None,
+        description="When set, mutating endpoints and /query need `Authorization: Bearer <token>`",
+    )
+    query_max_rows: int = Field(10_000, ge=1, le=1_000_000, description="Row cap of POST /query")
+    query_timeout: float = Field(
+        10.0, gt=0, le=600, description="Seconds before POST /query is interrupted"
+    )
+    max_body_bytes: int = Field(
+        1_000_000, ge=1024, description="Largest request body the API accepts"
     )
 
     @property

@@ -364,6 +364,10 @@ class Store:
     def pipeline_history(self, pipeline_id: str, limit: int = 100) -> list[ExecutionRecord]:
         return self.list_executions(pipeline_id=pipeline_id, limit=limit)[0]
 
+    def query(self, sql: str, params: list | None = None) -> list[tuple]:
+        """Read-only helper for other modules' reports; `flexiroaster.` names the metadata schema."""
+        return self._exec(self.cursor(), sql, params).fetchall()
+
     # --- pipelines ------------------------------------------------------------------------
 
     def save_pipeline(
@@ -389,6 +393,9 @@ class Store:
                 [pipeline_id, version, spec_yaml, at],
             )
         return PipelineRecord(pipeline_id, name, description, version, spec_yaml, created, at)
+
+    def has_pipeline(self, pipeline_id: str) -> bool:
+        return bool(self._select("pipelines", "id = ?", [pipeline_id]))
 
     def get_pipeline(self, pipeline_id: str) -> PipelineRecord:
         found = self._select("pipelines", "id = ?", [pipeline_id])

@@ -1,0 +1,123 @@
+"""Executions: trigger, list, read with stages, cancel, retry from failure, tail logs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, Query
+
+from ..errors import Conflict
+from ..records import ExecutionRecord
+from ..runtime import Runtime
+from ..states import RunStatus
+from .deps import require_token, runtime
+from .models import ExecutionList, ExecutionOut, LogList, LogOut, TriggerIn
+
+router = APIRouter(prefix="/executions", tags=["executions"])
+LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
+
+
+def _fresh(rt: Runtime, rec: ExecutionRecord) -> ExecutionRecord:
+    """Active runs: the engine's in-memory record is newer than the store's row."""
+    return rt.engine.live(rec.id) or rec
+
+
+@router.post(
+    "", status_code=202, response_model=ExecutionOut, dependencies=[Depends(require_token)]
+)
+def trigger(body: TriggerIn, rt: Runtime = Depends(runtime)) -> ExecutionOut:
+    """Start a run of a stored pipeline with parameters; it is queued while the pipeline is at
+    its `max_active_runs`."""
+    return ExecutionOut.of(rt.trigger(body.pipeline_id, body.params, trigger="api"))
+
+
+@router.get("", response_model=ExecutionList)
+def list_executions(
+    rt: Runtime = Depends(runtime),
+    pipeline_id: str | None = Query(None, max_length=200),
+    status: RunStatus | None = None,
+    since: datetime | None = Query(None, description="Created at or after (ISO 8601)"),
+    until: datetime | None = Query(None, description="Created before (ISO 8601)"),
+    limit: int = Query(50, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+    skip: int | None = Query(None, ge=0, description="The original API's name for offset"),
+) -> ExecutionList:
+    offset = skip if skip is not None else offset
+    recs, total = rt.store.list_executions(
+        pipeline_id=pipeline_id, status=status, since=since, until=until, limit=limit, offset=offset
+    )
+    return ExecutionList(
+        executions=[ExecutionOut.of(_fresh(rt, r)) for r in recs],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.get("/{execution_id}", response_model=ExecutionOut)
+def get_execution(execution_id: str, rt: Runtime = Depends(runtime)) -> ExecutionOut:
+    rec = _fresh(rt, rt.store.get_execution(execution_id))
+    return ExecutionOut.of(rec, rt.store.get_stages(execution_id))
+
+
+def _cancel(execution_id: str, rt: Runtime) -> ExecutionOut:
+    rec = rt.store.get_execution(execution_id)
+    if not rt.engine.cancel(execution_id):
+        raise Conflict(
+            f"run {execution_id} is {rec.status}; only pending or running runs can be cancelled"
+        )
+    rt.engine.wait(execution_id, timeout=5)
+    return ExecutionOut.of(rt.store.get_execution(execution_id), rt.store.get_stages(execution_id))
+
+
+@router.post(
+    "/{execution_id}/cancel",
+    status_code=202,
+    response_model=ExecutionOut,
+    dependencies=[Depends(require_token)],
+)
+def cancel(execution_id: str, rt: Runtime = Depends(runtime)) -> ExecutionOut:
+    """Stop a run: running stages are killed or interrupted, the rest skipped."""
+    return _cancel(execution_id, rt)
+
+
+@router.delete(
+    "/{execution_id}",
+    status_code=202,
+    response_model=ExecutionOut,
+    dependencies=[Depends(require_token)],
+)
+def delete_execution(execution_id: str, rt: Runtime = Depends(runtime)) -> ExecutionOut:
+    """Cancel, as the original API's DELETE did; the run's record is kept."""
+    return _cancel(execution_id, rt)
+
+
+@router.post(
+    "/{execution_id}/retry",
+    status_code=202,
+    response_model=ExecutionOut,
+    dependencies=[Depends(require_token)],
+)
+def retry(execution_id: str, rt: Runtime = Depends(runtime)) -> ExecutionOut:
+    """Start a new run from where a failed or cancelled one stopped, reusing completed stages."""
+    return ExecutionOut.of(rt.engine.submit_retry(execution_id, trigger="retry"))
+
+
+@router.get("/{execution_id}/logs", response_model=LogList)
+def logs(
+    execution_id: str,
+    rt: Runtime = Depends(runtime),
+    after: int = Query(0, ge=0, le=2**62, description="Cursor: only lines with a greater id"),
+    limit: int = Query(1000, ge=1, le=10_000),
+    level: str | None = Query(
+        None, pattern="^(DEBUG|INFO|WARN|ERROR)$", description="Minimum level"
+    ),
+) -> LogList:
+    """Log lines in order; poll with `after=next_cursor` to follow a running run."""
+    rec = rt.store.get_execution(execution_id)
+    finished = rec.status in RunStatus.terminal()
+    lines = rt.store.get_logs(execution_id, after=after, limit=limit)
+    cursor = lines[-1].id if lines else after
+    if level:
+        lines = [x for x in lines if LEVELS.index(x.level) >= LEVELS.index(level)]
+    return LogList(logs=[LogOut.of(x) for x in lines], next_cursor=cursor, finished=finished)

@@ -1,0 +1,208 @@
+"""Request and response bodies of the REST API, with the original FlexiRoaster field names."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..records import ExecutionRecord, LogRecord, StageRecord
+from ..runtime import LoadedPipeline
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorOut(_Out):
+    error: str = Field(description="A short machine-readable code")
+    detail: str = Field(description="What is wrong and where, for a person")
+    timestamp: datetime
+
+
+class StageSummary(_Out):
+    id: str
+    name: str | None
+    type: str
+    dependencies: list[str]
+    timeout: float | None
+    retries: int
+
+
+class PipelineOut(_Out):
+    id: str
+    name: str
+    description: str
+    version: int = Field(description="Stored version, 1 for the first save")
+    spec_version: str = Field(description="The `version` written in the pipeline")
+    stages: list[StageSummary]
+    variables: dict[str, Any]
+    tags: list[str]
+    owner: str | None
+    yaml: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, lp: LoadedPipeline) -> PipelineOut:
+        p, r = lp.pipeline, lp.record
+        stages = [
+            StageSummary(
+                id=s.id,
+                name=s.name,
+                type=s.type,
+                dependencies=s.dependencies,
+                timeout=s.timeout,
+                retries=s.retries,
+            )
+            for s in p.stages
+        ]
+        return cls(
+            id=r.id, name=p.name, description=p.description, version=r.version, spec_version=p.version,
+            stages=stages, variables=p.variables, tags=p.tags, owner=p.owner, yaml=r.spec_yaml,
+            created_at=r.created_at, updated_at=r.updated_at,
+        )  # fmt: skip
+
+
+class PipelineList(_Out):
+    pipelines: list[PipelineOut]
+    total: int
+
+
+class PipelineIn(BaseModel):
+    """A pipeline as YAML text (`yaml`), or the pipeline document itself as JSON."""
+
+    model_config = ConfigDict(extra="allow")
+    yaml: str | None = Field(None, description="The pipeline as YAML text")
+
+
+class VersionOut(_Out):
+    version: int
+    yaml: str
+    created_at: datetime
+
+
+class VersionList(_Out):
+    pipeline_id: str
+    versions: list[VersionOut]
+
+
+class ValidationOut(_Out):
+    valid: bool
+    errors: list[str] = Field(description="One line per problem, with field path and line")
+    pipeline: str | None = None
+    stages: int | None = None
+
+
+class TriggerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pipeline_id: str = Field(min_length=1, max_length=200)
+    params: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+
+class StageOut(_Out):
+    stage_id: str
+    stage_type: str
+    position: int
+    status: str
+    started_at: datetime | None
+    completed_at: datetime | None
+    duration: float | None
+    rows_in: int | None
+    rows_out: int | None
+    attempts: int
+    error_type: str | None
+    error: str | None
+    traceback: str | None
+    metrics: dict[str, Any]
+    reused_from: str | None
+
+    @classmethod
+    def of(cls, s: StageRecord) -> StageOut:
+        return cls(**{k: getattr(s, k) for k in cls.model_fields})
+
+
+class ExecutionOut(_Out):
+    id: str
+    pipeline_id: str
+    pipeline_version: str | None
+    status: str
+    trigger: str
+    params: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    error: str | None
+    stages_completed: int
+    total_stages: int
+    duration: float | None
+    retry_of: str | None
+    context: dict[str, Any] = Field(description="Trigger, parameters and lineage of the run")
+    stages: list[StageOut] | None = None
+
+    @classmethod
+    def of(cls, e: ExecutionRecord, stages: list[StageRecord] | None = None) -> ExecutionOut:
+        return cls(
+            id=e.id, pipeline_id=e.pipeline_id, pipeline_version=e.pipeline_version, status=str(e.status),
+            trigger=e.trigger, params=e.params, created_at=e.created_at, started_at=e.started_at,
+            completed_at=e.completed_at, error=e.error, stages_completed=e.stages_completed,
+            total_stages=e.total_stages, duration=e.duration, retry_of=e.retry_of,
+            context={"trigger": e.trigger, "params": e.params, "retry_of": e.retry_of},
+            stages=[StageOut.of(s) for s in stages] if stages is not None else None,
+        )  # fmt: skip
+
+
+class ExecutionList(_Out):
+    executions: list[ExecutionOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class LogOut(_Out):
+    id: int
+    execution_id: str
+    stage_id: str | None
+    level: str
+    message: str
+    timestamp: datetime
+    metadata: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, r: LogRecord) -> LogOut:
+        return cls(**{k: getattr(r, k) for k in cls.model_fields})
+
+
+class LogList(_Out):
+    logs: list[LogOut]
+    next_cursor: int = Field(description="Pass as `after` to get only newer lines")
+    finished: bool = Field(description="The run has ended: no more lines will come")
+
+
+class QueryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sql: str = Field(
+        min_length=1, max_length=100_000, description="One SELECT, DESCRIBE, SHOW or EXPLAIN"
+    )
+    limit: int | None = Field(
+        None, ge=1, le=1_000_000, description="Row cap (at most the server's)"
+    )
+    timeout: float | None = Field(None, gt=0, le=600, description="Seconds (at most the server's)")
+    format: Literal["json", "arrow"] = "json"
+
+
+class QueryOut(_Out):
+    columns: list[str]
+    types: list[str]
+    rows: list[list[Any]]
+    row_count: int
+    truncated: bool
+    elapsed_ms: float
+
+
+class HealthOut(_Out):
+    status: Literal["ok", "degraded"]
+    version: str
+    uptime_seconds: float
+    components: dict[str, dict[str, Any]]

@@ -1,0 +1,62 @@
+"""The root and /health: what answers here and whether its parts work."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from .. import __version__
+from ..runtime import Runtime
+from .deps import runtime
+from .models import HealthOut
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
+def health(rt: Runtime = Depends(runtime)) -> Any:
+    """Store, engine and their figures; 503 when a part does not work."""
+    components: dict[str, dict[str, Any]] = {}
+    try:
+        t0 = time.perf_counter()
+        rt.store.query("SELECT count(*) FROM flexiroaster.schema_version")
+        components["store"] = {
+            "status": "ok",
+            "path": str(rt.store.path),
+            "latency_ms": round((time.perf_counter() - t0) * 1000, 2),
+        }
+    except Exception as exc:  # reported, not raised: this endpoint says what is wrong
+        components["store"] = {"status": "error", "detail": str(exc)}
+    engine_ok = not rt.closed and not rt.engine.pool._shutdown
+    components["engine"] = {
+        "status": "ok" if engine_ok else "error",
+        "active_runs": len(rt.engine.active()),
+        "queued_runs": rt.engine.queued(),
+        "max_workers": rt.settings.max_workers,
+    }
+    ok = all(c["status"] == "ok" for c in components.values())
+    body = HealthOut(
+        status="ok" if ok else "degraded",
+        version=__version__,
+        uptime_seconds=round(time.time() - rt.started_at, 1),
+        components=components,
+    )
+    return body if ok else JSONResponse(body.model_dump(mode="json"), status_code=503)
+
+
+def root_info() -> dict[str, str]:
+    return {
+        "name": "FlexiRoaster",
+        "version": __version__,
+        "api": "/api/v1",
+        "docs": "/docs",
+        "health": "/api/v1/health",
+    }
+
+
+@router.get("/")
+def api_root() -> dict[str, str]:
+    return root_info()

@@ -1,0 +1,96 @@
+"""The runtime: the one process that owns the store, runs the engine and seeds the sample pipelines."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from .engine import Engine
+from .errors import Conflict, FlexiError
+from .metrics import ProcessMeter
+from .records import ExecutionRecord, PipelineRecord
+from .settings import Settings
+from .spec import Pipeline, load_pipeline_text
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedPipeline:
+    record: PipelineRecord
+    pipeline: Pipeline
+
+
+class Runtime:
+    """Opens the store (recovering interrupted runs) and the engine; closes both cleanly."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = Store(settings.store_file, flush_interval=settings.log_flush_interval)
+        self.engine = Engine(self.store, settings)
+        self.started_at = time.time()
+        self.meter = ProcessMeter()
+        self.closed = False
+        if self.store.created:
+            self.seed()
+
+    def seed(self) -> list[str]:
+        """Load DATA_DIR/pipelines/*.yaml into the store (done on the store's first start)."""
+        loaded = []
+        folder = self.settings.pipelines_dir
+        for path in sorted(folder.glob("*.y*ml")) if folder.is_dir() else []:
+            try:
+                self.save_pipeline(path.read_text(encoding="utf-8"), str(path))
+                loaded.append(path.name)
+            except FlexiError as exc:
+                log.warning("sample %s not loaded: %s", path, exc)
+        log.info("loaded %d sample pipeline(s) from %s", len(loaded), folder)
+        return loaded
+
+    def save_pipeline(
+        self,
+        text: str,
+        source: str = "<request>",
+        pipeline_id: str | None = None,
+        *,
+        new: bool = False,
+    ) -> LoadedPipeline:
+        """Validate pipeline text and store it as a new version (`new`: refuse an existing id)."""
+        pipeline = load_pipeline_text(text, source)
+        if new and self.store.has_pipeline(pipeline.id):
+            raise Conflict(
+                f"pipeline {pipeline.id!r} exists; PUT /api/v1/pipelines/{pipeline.id} saves a new version"
+            )
+        if pipeline_id is not None and pipeline.id != pipeline_id:
+            raise Conflict(
+                f"the body names pipeline {pipeline.name!r} (id {pipeline.id!r}), not {pipeline_id!r};"
+                " renaming is not supported"
+            )
+        rec = self.store.save_pipeline(pipeline.id, pipeline.name, pipeline.description, text)
+        return LoadedPipeline(rec, pipeline)
+
+    def get_pipeline(self, pipeline_id: str) -> LoadedPipeline:
+        rec = self.store.get_pipeline(pipeline_id)
+        return LoadedPipeline(rec, load_pipeline_text(rec.spec_yaml, f"pipeline {pipeline_id}"))
+
+    def trigger(
+        self, pipeline_id: str, params: dict | None = None, trigger: str = "api"
+    ) -> ExecutionRecord:
+        loaded = self.get_pipeline(pipeline_id)
+        return self.engine.submit(loaded.pipeline, params or {}, trigger=trigger)
+
+    def active_runs(self, pipeline_id: str | None = None) -> list[str]:
+        ids = self.engine.active()
+        if pipeline_id is None:
+            return ids
+        return [i for i in ids if self.engine.pipeline_of(i) == pipeline_id]
+
+    def close(self) -> None:
+        """Cancel running runs (recorded as cancelled), then close the store."""
+        if self.closed:
+            return
+        self.closed = True
+        self.engine.shutdown()
+        self.store.close()
