@@ -249,6 +249,87 @@ def cmd_demo(args) -> int:
     return 1 if unexpected else 0
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_serve(args) -> int:
+    """The runtime: store, engine and REST API in this process until SIGTERM or Ctrl-C."""
+    import uvicorn
+
+    from .api import create_app
+    from .runtime import Runtime
+    from .settings import load_settings
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = load_settings(**overrides)
+    if not _is_loopback(settings.host) and settings.api_token is None:
+        raise FlexiError(
+            f"refusing to listen on {settings.host} without a token: set FLEXIROASTER_API_TOKEN,"
+            " or bind 127.0.0.1"
+        )
+    runtime = Runtime(settings)
+    if runtime.store.recovered:
+        print(f"marked {len(runtime.store.recovered)} interrupted run(s) failed", file=sys.stderr)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(runtime=runtime, close_runtime=True),
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+        )
+    )
+    print(
+        f"FlexiRoaster runtime (pid {os.getpid()}) on http://{settings.host}:{settings.port}"
+        f"  API /api/v1, docs /docs; store {settings.store_file}",
+        flush=True,
+    )
+    try:
+        server.run()
+    except SystemExit:
+        pass
+    finally:
+        runtime.close()
+    if not server.started:
+        raise FlexiError(
+            f"could not listen on {settings.host}:{settings.port} (is the port in use?)"
+        )
+    print("runtime stopped", file=sys.stderr)
+    return 0
+
+
+def cmd_trigger(args) -> int:
+    """Start a run through a running runtime's API; --wait follows it to the end."""
+    from .client import Client
+
+    url = args.url or os.environ.get("FLEXIROASTER_API_URL", "http://127.0.0.1:8000")
+    with Client(url, os.environ.get("FLEXIROASTER_API_TOKEN")) as client:
+        run = client.trigger(args.pipeline, _params(args.param))
+        print(f"run {run['id']} of {run['pipeline_id']} {run['status']}", flush=True)
+        if not args.wait:
+            return 0
+        run = client.wait(run["id"], timeout=args.timeout)
+        for st in run["stages"]:
+            rows = f"  {st['rows_out']} rows" if st["rows_out"] is not None else ""
+            took = f"  {st['duration']:.2f}s" if st["duration"] is not None else ""
+            print(f"  {MARK.get(st['status'], st['status']):>9} {st['stage_id']}{took}{rows}")
+            if st["error"] and st["status"] != "completed":
+                print(f"            {st['error'].splitlines()[0][:300]}")
+        took = f" in {run['duration']:.2f}s" if run["duration"] is not None else ""
+        print(
+            f"run {run['id']} {run['status']}{took}"
+            + (f": {run['error']}" if run["error"] and run["status"] != "completed" else "")
+        )
+        return 0 if run["status"] == "completed" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flexiroaster", description="Pipelines on DuckDB and polars."
@@ -277,6 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_logs)
     p = sub.add_parser("demo", help="run every sample pipeline")
     p.set_defaults(fn=cmd_demo)
+    p = sub.add_parser("serve", help="run the runtime: store, engine and REST API")
+    p.add_argument("--host", help="default 127.0.0.1 (FLEXIROASTER_HOST)")
+    p.add_argument("--port", type=int, help="default 8000 (FLEXIROASTER_PORT)")
+    p.set_defaults(fn=cmd_serve)
+    p = sub.add_parser("trigger", help="start a run through a running runtime's API")
+    p.add_argument("pipeline", help="pipeline id")
+    p.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument(
+        "--wait", action="store_true", help="follow the run to its end; exit 0 only if it completed"
+    )
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
+    p.add_argument(
+        "--url", help="runtime URL (FLEXIROASTER_API_URL, default http://127.0.0.1:8000)"
+    )
+    p.set_defaults(fn=cmd_trigger)
     return parser
 
 

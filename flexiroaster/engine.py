@@ -53,6 +53,7 @@ class _Run:
     outputs: dict[str, str | None] = field(default_factory=dict)
     reused: dict[str, str] = field(default_factory=dict)  # stage id -> spilled parquet to read
     done: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = "cancelled"
 
 
 def new_run_id() -> str:
@@ -165,12 +166,13 @@ class Engine:
             )
         return old, load_pipeline_text(old.spec_yaml, f"run {execution_id}", old.params)
 
-    def cancel(self, execution_id: str) -> bool:
+    def cancel(self, execution_id: str, reason: str = "cancelled") -> bool:
         """Ask a run to stop: running stages are killed, the rest skipped. False if not active."""
         with self._lock:
             run = self._active.get(execution_id)
         if run is None:
             return False
+        run.cancel_reason = reason
         run.cancel.set()
         with self._lock:
             if run in self._queue:  # never started: let it record itself cancelled now
@@ -208,7 +210,7 @@ class Engine:
         with self._lock:
             runs = list(self._active.values())
         for run in runs:
-            self.cancel(run.record.id)
+            self.cancel(run.record.id, "cancelled: the runtime stopped")
         for run in runs:
             run.done.wait(timeout)
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -438,7 +440,7 @@ class Engine:
         statuses = {s.status for s in run.stages.values()}
         if run.cancel.is_set():
             rec.status = RunStatus.CANCELLED
-            rec.error = rec.error or "cancelled"
+            rec.error = rec.error or run.cancel_reason
         elif rec.error or statuses & {
             StageStatus.FAILED,
             StageStatus.SKIPPED,

@@ -16,14 +16,20 @@ from . import errors, executions, metrics, pipelines, query, system
 PREFIX = "/api/v1"
 
 
-def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
-    """The app over `runtime`, or over a runtime it opens from `settings` for its lifespan."""
+def create_app(
+    settings: Settings | None = None, runtime: Runtime | None = None, *, close_runtime: bool = False
+) -> FastAPI:
+    """The app over `runtime`, or over a runtime it opens from `settings` for its lifespan.
+
+    The lifespan closes a runtime it opened, or the given one with `close_runtime` (the server
+    process: uvicorn re-raises SIGTERM once the lifespan has ended, so later cleanup never runs).
+    """
     if (settings is None) == (runtime is None):
         raise ValueError("give settings or a runtime")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        owned = runtime is None
+        owned = runtime is None or close_runtime
         app.state.runtime = runtime or Runtime(settings)
         try:
             yield

@@ -1,0 +1,169 @@
+"""The typed HTTP client of the REST API, used by the CLI and the UI."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from .errors import Conflict, FlexiError, NotFound, SpecError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+class ApiError(FlexiError):
+    """An error answer of the API, with its status and code."""
+
+    def __init__(self, status: int, code: str, detail: str):
+        super().__init__(detail)
+        self.status, self.code = status, code
+
+
+class RuntimeUnavailable(FlexiError):
+    status = 503
+    code = "runtime_unavailable"
+
+
+_BY_STATUS = {404: NotFound, 409: Conflict, 422: SpecError}
+
+
+class Client:
+    """`Client(url, token)`; every method returns the JSON body or raises a FlexiError."""
+
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0):
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=f"{self.url}/api/v1", headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = self.http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            raise RuntimeUnavailable(
+                f"no FlexiRoaster runtime answers at {self.url} ({exc.__class__.__name__});"
+                " start one with `flexiroaster serve`"
+            ) from None
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+                code, detail = body.get("error", "error"), body.get("detail", resp.text)
+            except ValueError:
+                code, detail = "error", resp.text
+            cls = _BY_STATUS.get(resp.status_code)
+            if cls is not None:
+                raise cls(detail)
+            raise ApiError(resp.status_code, code, detail)
+        if resp.status_code == 204:
+            return None
+        if resp.headers.get("content-type", "").startswith("application/json"):
+            return resp.json()
+        return resp.content
+
+    # --- system ---
+    def health(self) -> dict:
+        return self._call("GET", "/health")
+
+    # --- pipelines ---
+    def pipelines(self, limit: int = 100, offset: int = 0) -> dict:
+        return self._call("GET", "/pipelines", params={"limit": limit, "offset": offset})
+
+    def pipeline(self, pipeline_id: str) -> dict:
+        return self._call("GET", f"/pipelines/{pipeline_id}")
+
+    def create_pipeline(self, yaml_text: str) -> dict:
+        return self._call(
+            "POST", "/pipelines", content=yaml_text, headers={"content-type": "application/yaml"}
+        )
+
+    def update_pipeline(self, pipeline_id: str, yaml_text: str) -> dict:
+        return self._call(
+            "PUT",
+            f"/pipelines/{pipeline_id}",
+            content=yaml_text,
+            headers={"content-type": "application/yaml"},
+        )
+
+    def delete_pipeline(self, pipeline_id: str) -> None:
+        self._call("DELETE", f"/pipelines/{pipeline_id}")
+
+    def validate_pipeline(self, yaml_text: str) -> dict:
+        return self._call(
+            "POST",
+            "/pipelines/validate",
+            content=yaml_text,
+            headers={"content-type": "application/yaml"},
+        )
+
+    def versions(self, pipeline_id: str) -> dict:
+        return self._call("GET", f"/pipelines/{pipeline_id}/versions")
+
+    # --- executions ---
+    def trigger(self, pipeline_id: str, params: dict | None = None) -> dict:
+        return self._call(
+            "POST", "/executions", json={"pipeline_id": pipeline_id, "params": params or {}}
+        )
+
+    def executions(self, **filters: Any) -> dict:
+        return self._call(
+            "GET", "/executions", params={k: v for k, v in filters.items() if v is not None}
+        )
+
+    def execution(self, execution_id: str) -> dict:
+        return self._call("GET", f"/executions/{execution_id}")
+
+    def cancel(self, execution_id: str) -> dict:
+        return self._call("POST", f"/executions/{execution_id}/cancel")
+
+    def retry(self, execution_id: str) -> dict:
+        return self._call("POST", f"/executions/{execution_id}/retry")
+
+    def logs(
+        self, execution_id: str, after: int = 0, limit: int = 1000, level: str | None = None
+    ) -> dict:
+        params = {"after": after, "limit": limit} | ({"level": level} if level else {})
+        return self._call("GET", f"/executions/{execution_id}/logs", params=params)
+
+    def wait(self, execution_id: str, timeout: float | None = None, interval: float = 0.25) -> dict:
+        """Poll until the run ends; returns it with its stages."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            run = self.execution(execution_id)
+            if run["status"] in TERMINAL:
+                return run
+            if deadline is not None and time.monotonic() > deadline:
+                raise FlexiError(f"run {execution_id} still {run['status']} after {timeout:g} s")
+            time.sleep(interval)
+
+    # --- metrics and query ---
+    def system_metrics(self) -> dict:
+        return self._call("GET", "/metrics/system")
+
+    def pipeline_metrics(self, pipeline_id: str) -> dict:
+        return self._call("GET", f"/metrics/pipelines/{pipeline_id}")
+
+    def query(self, sql: str, limit: int | None = None, timeout: float | None = None) -> dict:
+        body = (
+            {"sql": sql}
+            | ({"limit": limit} if limit else {})
+            | ({"timeout": timeout} if timeout else {})
+        )
+        return self._call("POST", "/query", json=body)
+
+    def query_arrow(self, sql: str, limit: int | None = None):
+        """The result as a pyarrow Table (Arrow IPC on the wire)."""
+        import pyarrow as pa
+
+        body = {"sql": sql, "format": "arrow"} | ({"limit": limit} if limit else {})
+        raw = self._call("POST", "/query", json=body)
+        return pa.ipc.open_stream(raw).read_all()
