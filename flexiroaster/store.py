@@ -299,6 +299,23 @@ class Store:
         for s in stages:
             self.record_stage(s)
 
+    def import_executions(self, runs: list[ExecutionRecord], stages: list[StageRecord]) -> None:
+        """Write many finished runs and their stages at once (history imports, benchmarks)."""
+        import pyarrow as pa
+
+        ecols = {c: [db_value(c, getattr(r, c)) for r in runs] for c in EXEC_COLS}
+        scols = {c: [getattr(x, c) for x in stages] for c in STAGE_COLS}
+        scols["status"] = [str(v) for v in scols["status"]]
+        scols["metrics"] = [json.dumps(m, default=str) for m in scols["metrics"]]
+        with self.transaction() as cur:
+            self._insert_arrow(
+                cur, pa.table(ecols), "INSERT INTO flexiroaster.executions", EXEC_COLS
+            )
+            if stages:
+                self._insert_arrow(
+                    cur, pa.table(scols), "INSERT INTO flexiroaster.stage_executions", STAGE_COLS
+                )
+
     def update_execution(self, rec: ExecutionRecord) -> None:
         """Write the run's row; stage states queued before it are flushed first."""
         self.flush()
