@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from difflib import get_close_matches
 from graphlib import CycleError, TopologicalSorter
 from typing import TYPE_CHECKING, Any
 
@@ -18,73 +19,106 @@ def _where(marks: Any, loc: tuple, source: str) -> str:
 
 def check_graph(pipeline: Pipeline, source: str = "<pipeline>", marks: Any = None) -> None:
     """Raise SpecError listing every graph problem: duplicates, unknown deps, cycles, bad SQL refs."""
+    from .yamldoc import capped
+
     problems: list[str] = []
     seen: dict[str, int] = {}
+    folded: dict[str, int] = {}  # SQL ignores case: `Load` and `load` are one table
     for i, stage in enumerate(pipeline.stages):
-        if stage.id in seen:
+        where = _where(marks, ("stages", i, "id"), source)
+        first = folded.get(stage.id.lower())
+        if first is None:
+            seen[stage.id] = folded[stage.id.lower()] = i
+        elif stage.id in seen:
             problems.append(
-                f"stages[{i}].id: duplicate stage id {stage.id!r} (first at stages[{seen[stage.id]}])"
-                f" ({_where(marks, ('stages', i, 'id'), source)})"
+                f"stages[{i}].id: duplicate stage id {stage.id!r} (first at stages[{first}]) ({where})"
             )
         else:
-            seen[stage.id] = i
+            other = pipeline.stages[first].id
+            problems.append(
+                f"stages[{i}].id: stage id {stage.id!r} differs from {other!r} (stages[{first}])"
+                f" only in case, and SQL table names ignore case ({where})"
+            )
     for i, stage in enumerate(pipeline.stages):
         for j, dep in enumerate(stage.dependencies):
-            loc = ("stages", i, "dependencies", j)
+            where = _where(marks, ("stages", i, "dependencies", j), source)
             if dep == stage.id:
-                problems.append(f"stages[{i}].dependencies: {stage.id!r} depends on itself ({_where(marks, loc, source)})")
+                problems.append(f"stages[{i}].dependencies: {dep!r} depends on itself ({where})")
             elif dep not in seen:
-                known = ", ".join(sorted(seen))
-                problems.append(
-                    f"stages[{i}].dependencies: unknown stage {dep!r} (known: {known}) ({_where(marks, loc, source)})"
-                )
+                problems.append(f"stages[{i}].dependencies: {_unknown(dep, seen)} ({where})")
     if not problems:
         cycle = find_cycle(pipeline)
         if cycle:
-            first = seen[cycle[0]]
-            problems.append(
-                "dependencies form a cycle: " + " -> ".join(cycle)
-                + f" ({_where(marks, ('stages', first, 'dependencies'), source)})"
-            )
+            where = _where(marks, ("stages", seen[cycle[0]], "dependencies"), source)
+            problems.append(f"dependencies form a cycle: {' -> '.join(cycle)} ({where})")
     if not problems:
         problems.extend(_sql_reference_problems(pipeline, source, marks, seen))
     if problems:
-        raise SpecError(f"{source}: {len(problems)} problem(s) in the pipeline", details=problems)
+        raise SpecError(
+            f"{source}: {len(problems)} problem(s) in the pipeline", details=capped(problems)
+        )
 
 
-def _sql_reference_problems(pipeline: Pipeline, source: str, marks: Any, index: dict[str, int]) -> list[str]:
+def _unknown(dep: str, seen: dict[str, int]) -> str:
+    from .yamldoc import short
+
+    close = get_close_matches(dep, list(seen), n=1)
+    if close:
+        return f"unknown stage {short(dep)}; did you mean {close[0]!r}?"
+    known = sorted(seen)
+    listed = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "")
+    return f"unknown stage {short(dep)} (stages: {listed})"
+
+
+def _sql_reference_problems(
+    pipeline: Pipeline, source: str, marks: Any, index: dict[str, int]
+) -> list[str]:
     from .stages.sql import referenced_tables
     from .template import sql_shape
 
     problems = []
-    ancestors = {s.id: upstream(pipeline, s.id) for s in pipeline.stages}
+    by_folded = {sid.lower(): sid for sid in index}
     for stage in pipeline.stages:
         if stage.type != "sql":
             continue
         i = index[stage.id]
-        loc = ("stages", i, "config", "query")
+        field = f"stages[{i}].config.query"
+        where = _where(marks, ("stages", i, "config", "query"), source)
         try:
-            names = referenced_tables(sql_shape(stage.config.query))
+            names = referenced_tables(sql_shape(stage.config.query, pipeline.variables))
         except SpecError as exc:
-            problems.append(f"stages[{i}].config.query: {exc.message} ({_where(marks, loc, source)})")
+            # DuckDB's message ends with the query line and a caret under the problem.
+            first, *rest = exc.message.splitlines() or [""]
+            problems.append(
+                f"{field}: {first} ({where})" + "".join(f"\n    {r}" for r in rest if r)
+            )
             continue
-        for name in sorted(names):
-            if name in index and name not in ancestors[stage.id]:
+        ancestors = upstream(pipeline, stage.id)
+        for name in sorted({by_folded[n.lower()] for n in names if n.lower() in by_folded}):
+            if name == stage.id:
                 problems.append(
-                    f"stages[{i}].config.query: reads stage {name!r} but does not depend on it;"
-                    f" add it to `dependencies` ({_where(marks, loc, source)})"
+                    f"{field}: reads its own stage {name!r}; a stage reads upstream stages ({where})"
+                )
+            elif name not in ancestors:
+                problems.append(
+                    f"{field}: reads stage {name!r} but does not depend on it;"
+                    f" add it to `dependencies` ({where})"
                 )
     return problems
 
 
 def find_cycle(pipeline: Pipeline) -> list[str] | None:
-    """The first dependency cycle as [a, b, ..., a], or None."""
+    """The first dependency cycle in run order as [a, b, ..., a], starting at its first-declared stage."""
     sorter = TopologicalSorter({s.id: s.dependencies for s in pipeline.stages})
     try:
         sorter.prepare()
     except CycleError as exc:
-        # Each node is a dependency of the next: already in run order, first == last.
-        return list(exc.args[1])
+        # Each node is a dependency of the next, so the list is in run order; first == last.
+        ring = list(exc.args[1])[:-1]
+        order = {s.id: i for i, s in enumerate(pipeline.stages)}
+        start = min(range(len(ring)), key=lambda k: order.get(ring[k], len(order)))
+        ring = ring[start:] + ring[:start]
+        return ring + ring[:1]
     return None
 
 

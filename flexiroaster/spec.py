@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import re
+from difflib import get_close_matches
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SpecError
+from .yamldoc import Marks, capped, loc_text, parse_document, short
 
 Scalar = str | int | float | bool | None
 STAGE_ID = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
-IDENT = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+_NAME = r"(\{\{[^{}]+\}\}|[A-Za-z_][A-Za-z0-9_]*)"  # a name, or a placeholder filled at run time
+IDENT = rf"^{_NAME}(\.{_NAME})?$"
 
 
 class StageType(StrEnum):
@@ -37,7 +41,9 @@ class _Model(BaseModel):
 
 
 class InputConfig(_Model):
-    source: str | None = Field(None, description="File path or glob (relative to the pipeline file)")
+    source: str | None = Field(
+        None, description="File path or glob (relative to the pipeline file)"
+    )
     format: Literal["auto", "csv", "parquet", "json", "ndjson"] = Field(
         "auto", description="File format; `auto` decides from the extension"
     )
@@ -89,9 +95,13 @@ class Normalize(_Model):
 
 
 class Dedupe(_Model):
-    keys: list[str] = Field(default_factory=list, description="Columns that identify a row; all when empty")
+    keys: list[str] = Field(
+        default_factory=list, description="Columns that identify a row; all when empty"
+    )
     keep: Literal["first", "last"] = "first"
-    order_by: list[str] = Field(default_factory=list, description="Order deciding which row is first")
+    order_by: list[str] = Field(
+        default_factory=list, description="Order deciding which row is first"
+    )
 
 
 class Sort(_Model):
@@ -105,7 +115,9 @@ class Operation(_Model):
     rename: dict[str, str] | None = None
     select: list[str] | None = None
     drop: list[str] | None = None
-    filter: str | None = Field(None, description="SQL boolean expression; rows where it is true are kept")
+    filter: str | None = Field(
+        None, description="SQL boolean expression; rows where it is true are kept"
+    )
     cast: dict[str, str] | None = None
     fill_null: dict[str, Scalar] | None = None
     normalize: Normalize | None = None
@@ -133,7 +145,9 @@ class Operation(_Model):
     def _exactly_one(self) -> Operation:
         set_ = [k for k in OPERATIONS if getattr(self, k) is not None]
         if len(set_) != 1:
-            raise ValueError(f"an operation has exactly one of {', '.join(OPERATIONS)}; got {set_ or 'none'}")
+            raise ValueError(
+                f"an operation has exactly one of {', '.join(OPERATIONS)}; got {set_ or 'none'}"
+            )
         return self
 
     @property
@@ -156,10 +170,14 @@ class TransformConfig(_Model):
                 arg = v.pop("columns", None)
             if arg is None:
                 arg = v.pop("expression", None)
-            if op not in OPERATIONS:
-                raise ValueError(f"unknown operation {op!r}; expected one of {', '.join(OPERATIONS)}")
-            ops = [{op: arg}] + list(v.pop("operations", []))
-            v["operations"] = ops
+            if not isinstance(op, str) or op not in OPERATIONS:
+                raise ValueError(
+                    f"unknown operation {short(op)}; expected one of {', '.join(OPERATIONS)}"
+                )
+            more = v.pop("operations", [])
+            if not isinstance(more, list):
+                raise ValueError("`operations` is a list of operations")
+            v["operations"] = [{op: arg}, *more]
         return v
 
 
@@ -209,14 +227,17 @@ class Check(_Model):
             return v
         v = dict(v)
         kind = v.get("type")
-        if kind in ("email", "phone"):
-            v.setdefault("preset", kind)
-        if kind in RULE_ALIASES:
+        if isinstance(kind, str) and kind in RULE_ALIASES:
+            if kind in ("email", "phone"):
+                v.setdefault("preset", kind)
             v["type"] = RULE_ALIASES[kind]
         for key in ("field", "column"):
             if key in v:
                 col = v.pop(key)
-                v["columns"] = [col] + list(v.get("columns", []))
+                cols = v.get("columns", [])
+                if not isinstance(cols, list):
+                    raise ValueError(f"give `{key}` (one column) or `columns` (a list), not both")
+                v["columns"] = (col if isinstance(col, list) else [col]) + cols
         return v
 
     @model_validator(mode="after")
@@ -235,7 +256,7 @@ class Check(_Model):
         if self.pattern is not None:
             try:
                 re.compile(self.pattern)
-            except re.error as exc:
+            except (re.error, OverflowError, RecursionError) as exc:
                 raise ValueError(f"invalid regex pattern: {exc}") from None
         if self.type == "expression" and not self.expression:
             raise ValueError("expression check needs `expression`")
@@ -270,18 +291,22 @@ class ValidationConfig(_Model):
         # The original format: `schema: {column: type}` plus `rules: [{field, type, ...}]`.
         if isinstance(v, dict) and ("schema" in v or "rules" in v):
             v = dict(v)
-            checks = list(v.get("checks", []))
+            checks = v.get("checks", [])
             schema = v.pop("schema", None)
-            if schema:
-                checks.insert(0, {"type": "schema", "types": schema})
-            checks.extend(v.pop("rules", None) or [])
-            v["checks"] = checks
+            rules = v.pop("rules", None) or []
+            if not isinstance(checks, list) or not isinstance(rules, list):
+                raise ValueError("`checks` and `rules` are lists of checks")
+            if schema is not None and not isinstance(schema, dict):
+                raise ValueError("`schema` maps each column to a type, e.g. {id: INTEGER}")
+            v["checks"] = ([{"type": "schema", "types": schema}] if schema else []) + checks + rules
         return v
 
     @model_validator(mode="after")
     def _some(self) -> ValidationConfig:
         if not self.checks:
-            raise ValueError("a validation stage needs at least one check (`checks`, `schema` or `rules`)")
+            raise ValueError(
+                "a validation stage needs at least one check (`checks`, `schema` or `rules`)"
+            )
         return self
 
 
@@ -292,7 +317,9 @@ class OutputConfig(_Model):
     destination: Literal["table", "warehouse", "database", "file"] = Field(
         "table", description="`table` (DuckDB; `warehouse`/`database` are synonyms) or `file`"
     )
-    table: str | None = Field(None, pattern=IDENT, description="Target table, optionally schema.table")
+    table: str | None = Field(
+        None, pattern=IDENT, description="Target table, optionally schema.table"
+    )
     mode: Literal["append", "replace", "merge"] = "replace"
     keys: list[str] = Field(default_factory=list, description="Merge keys (mode: merge)")
     path: str | None = Field(None, description="File to write (destination: file)")
@@ -380,15 +407,21 @@ def _stage_variant(kind: StageType) -> type[BaseModel]:
     cfg = CONFIG_MODELS[kind]
 
     class _Stage(_Model):
-        id: str = Field(pattern=STAGE_ID, max_length=63, description="Unique id; a table name to SQL")
+        id: str = Field(
+            pattern=STAGE_ID, max_length=63, description="Unique id; a table name to SQL"
+        )
         name: str | None = None
         description: str | None = None
         type: Literal[kind.value]  # type: ignore[valid-type]
         config: cfg  # type: ignore[valid-type]
         dependencies: list[str] = Field(default_factory=list)
-        timeout: float | None = Field(None, gt=0, description="Seconds; the stage is stopped after it")
+        timeout: float | None = Field(
+            None, gt=0, description="Seconds; the stage is stopped after it"
+        )
         retries: int = Field(0, ge=0, le=50)
-        retry_delay: float = Field(1.0, ge=0, le=3600, description="Seconds before the first retry; doubles")
+        retry_delay: float = Field(
+            1.0, ge=0, le=3600, description="Seconds before the first retry; doubles"
+        )
 
         @property
         def title(self) -> str:
@@ -431,7 +464,13 @@ class Pipeline(_Model):
 
     @property
     def slug(self) -> str:
+        """The name as an SQL-friendly word, e.g. for the default quarantine table."""
         return re.sub(r"[^a-z0-9]+", "_", self.name.lower()).strip("_")
+
+    @property
+    def id(self) -> str:
+        """The pipeline's id in the store and the API: the name, lower case, words joined by `-`."""
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
 
     def stage(self, stage_id: str) -> Any:
         for s in self.stages:
@@ -442,93 +481,161 @@ class Pipeline(_Model):
 
 # --- loading with positions ----------------------------------------------------------------
 
-
-class _Marks:
-    """Line numbers of every mapping key and sequence item in a YAML document."""
-
-    def __init__(self) -> None:
-        self.lines: dict[tuple, int] = {}
-        self.duplicates: list[tuple[tuple, int]] = []
-
-    def walk(self, node: yaml.Node, path: tuple) -> None:
-        self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            seen: set = set()
-            for key, value in node.value:
-                k = key.value
-                if k in seen:
-                    self.duplicates.append((path + (k,), key.start_mark.line + 1))
-                seen.add(k)
-                self.lines[path + (k,)] = key.start_mark.line + 1
-                self.walk(value, path + (k,))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self.walk(item, path + (i,))
-
-    def line_of(self, loc: tuple) -> int | None:
-        for end in range(len(loc), -1, -1):
-            if loc[:end] in self.lines:
-                return self.lines[loc[:end]]
-        return None
+# pydantic names the members of a union in the location (`min.float`, `command.list[str]`).
+_UNION_LABELS = frozenset({"str", "int", "float", "bool", "none", "bytes", "any", "is-instance"})
+# Keys the before-validators accept besides the fields (the original FlexiRoaster format).
+_ALSO_ACCEPTED: dict[type, tuple[str, ...]] = {
+    TransformConfig: ("operation", "mappings", "columns", "expression"),
+    ValidationConfig: ("schema", "rules"),
+    Check: ("field", "column"),
+}
 
 
-def _loc_text(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
+def _pattern(model: type[BaseModel], field: str) -> str:
+    return next(m.pattern for m in model.model_fields[field].metadata if hasattr(m, "pattern"))
 
 
-def _clean_loc(loc: tuple) -> tuple:
-    # Drop the discriminator tags and helper frames pydantic adds (`stages.2.sql.config`).
+_PATTERN_HELP = {
+    STAGE_ID: "a stage id starts with a letter or _ and has only letters, digits, _ and -",
+    IDENT: (
+        "a table name has letters, digits and _ (optionally schema.table), or is a {{ placeholder }}"
+    ),
+    _pattern(Pipeline, "name"): (
+        "a pipeline name starts with a letter or digit and has letters, digits, spaces, _ . -"
+    ),
+    _pattern(PythonConfig, "callable"): ("expected `module:function` or `file.py:function`"),
+}
+_MISSING = object()
+
+
+def _is_label(part: Any) -> bool:
+    return isinstance(part, str) and (
+        part in _UNION_LABELS or "[" in part or part.startswith("function-")
+    )
+
+
+def _has(node: Any, part: Any) -> bool:
+    if isinstance(node, dict):
+        return isinstance(part, (str, int)) and part in node
+    return isinstance(node, list) and type(part) is int and 0 <= part < len(node)
+
+
+def _clean_loc(loc: tuple, data: Any = _MISSING) -> tuple:
+    """The location as the user wrote it: pydantic's stage-type tags and union labels removed.
+
+    Parts that name a key or item of `data` always stay, so a field called `str` is kept.
+    """
     tags = {k.value for k in StageType}
-    skip = tags | {"function-after", "function-before", "function-wrap"}
-    return tuple(p for p in loc if not (isinstance(p, str) and (p in skip or "[" in p)))
+    out: list = []
+    node = data
+    for part in loc:
+        if len(out) == 2 and out[0] == "stages" and isinstance(out[1], int) and part in tags:
+            continue  # the discriminator tag of a stage: always right after `stages[i]`
+        if _has(node, part):
+            out.append(part)
+            node = node[part]
+        elif not _is_label(part):
+            out.append(part)
+            node = _MISSING  # past what the user wrote (a before-validator renamed it)
+    return tuple(out)
 
 
-def format_validation_error(exc: ValidationError, source: str, marks: _Marks | None) -> list[str]:
-    lines = []
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The model validating the value at a raw pydantic location, if any."""
+    t: Any = Pipeline
+    for part in loc:
+        t = _step(t, part)
+        if t is None:
+            return None
+    t = _unwrap(t)
+    return t if isinstance(t, type) and issubclass(t, BaseModel) else None
+
+
+def _unwrap(t: Any) -> Any:
+    while True:
+        if get_origin(t) is Annotated:
+            t = get_args(t)[0]
+        elif get_origin(t) in (Union, UnionType):
+            args = [a for a in get_args(t) if a is not type(None)]
+            if len(args) != 1:
+                return t
+            t = args[0]
+        else:
+            return t
+
+
+def _step(t: Any, part: Any) -> Any:
+    t = _unwrap(t)
+    origin = get_origin(t)
+    if isinstance(t, type) and issubclass(t, BaseModel):
+        field = t.model_fields.get(part) if isinstance(part, str) else None
+        return field.annotation if field else None
+    if origin is list:
+        return get_args(t)[0] if isinstance(part, int) else None
+    if origin is dict:
+        return get_args(t)[1]
+    if origin in (Union, UnionType):  # the stage union: `part` is the type tag
+        for arg in get_args(t):
+            fields = getattr(_unwrap(arg), "model_fields", {})
+            if "type" in fields and get_args(fields["type"].annotation) == (part,):
+                return arg
+    return None
+
+
+def _unknown_field(field: Any, model: type[BaseModel] | None) -> str:
+    if model is None:
+        return "unknown field"
+    allowed = list(model.model_fields) + list(_ALSO_ACCEPTED.get(model, ()))
+    close = get_close_matches(str(field), allowed, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field; did you mean `{close[0]}`?"
+    return f"unknown field; allowed: {', '.join(allowed)}"
+
+
+def _message(err: dict) -> tuple[str, tuple]:
+    """A message for one pydantic error, and any parts to add to its location."""
+    kind, ctx = err["type"], err.get("ctx") or {}
+    types = ", ".join(k.value for k in StageType)
+    if kind == "extra_forbidden":
+        return _unknown_field(err["loc"][-1], _model_at(tuple(err["loc"][:-1]))), ()
+    if kind == "missing":
+        return "field required", ()
+    if kind == "union_tag_not_found":
+        return f"field required: the stage type, one of {types}", ("type",)
+    if kind == "union_tag_invalid":
+        tag = str(ctx.get("tag"))
+        close = get_close_matches(tag, [k.value for k in StageType], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown stage type {short(tag)}; {hint}expected one of {types}", ("type",)
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERN_HELP:
+        return f"{_PATTERN_HELP[ctx['pattern']]}; got {short(err.get('input'))}", ()
+    msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return msg, ()
+
+
+def format_validation_error(
+    exc: ValidationError, source: str, marks: Marks | None, data: Any = _MISSING
+) -> list[str]:
+    """One line per location: `stages[2].config.query: field required (p.yaml line 14)`."""
+    by_loc: dict[tuple, list[str]] = {}
     for err in exc.errors():
-        loc = _clean_loc(tuple(err["loc"]))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif err["type"] == "missing":
-            msg = "field required"
-        elif err["type"] == "union_tag_invalid":
-            tag = err.get("ctx", {}).get("tag")
-            msg = f"unknown stage type {tag!r}; expected one of {', '.join(k.value for k in StageType)}"
+        msg, more = _message(err)
+        loc = _clean_loc(tuple(err["loc"]), data) + more
+        if msg not in by_loc.setdefault(loc, []):
+            by_loc[loc].append(msg)
+    lines = []
+    for loc, msgs in by_loc.items():
+        # The members of a union each complain; say it once: "a valid string or a valid list".
+        wants = [
+            m.removeprefix("Input should be ") for m in msgs if m.startswith("Input should be ")
+        ]
+        if len(wants) > 1:
+            others = [m for m in msgs if not m.startswith("Input should be ")]
+            msgs = ["Input should be " + ", ".join(wants[:-1]) + " or " + wants[-1], *others]
         line = marks.line_of(loc) if marks else None
         where = f"{source} line {line}" if line else source
-        lines.append(f"{_loc_text(loc) or '(document)'}: {msg} ({where})")
+        lines.append(f"{loc_text(loc) or '(document)'}: {'; '.join(msgs)} ({where})")
     return lines
-
-
-def parse_document(text: str, source: str = "<pipeline>") -> tuple[Any, _Marks | None]:
-    """Parse YAML (or JSON) text into plain data plus the line of every key."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"{source} line {mark.line + 1}, column {mark.column + 1}" if mark else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"invalid YAML in {where}: {problem}") from None
-    except (ValueError, RecursionError) as exc:  # e.g. bad escapes, absurd nesting
-        raise SpecError(f"invalid YAML in {source}: {exc}") from None
-    marks = _Marks()
-    if node is not None:
-        try:
-            marks.walk(node, ())
-        except RecursionError:
-            raise SpecError(f"invalid YAML in {source}: nested too deeply") from None
-    if marks.duplicates:
-        path, line = marks.duplicates[0]
-        raise SpecError(f"{_loc_text(path)}: duplicate key ({source} line {line})")
-    return data, marks
 
 
 def load_pipeline_text(
@@ -545,8 +652,10 @@ def load_pipeline_text(
     try:
         pipeline = Pipeline.model_validate(data)
     except ValidationError as exc:
-        lines = format_validation_error(exc, source, marks)
-        raise SpecError(f"{source}: {len(lines)} problem(s) in the pipeline", details=lines) from None
+        lines = format_validation_error(exc, source, marks, data)
+        raise SpecError(
+            f"{source}: {len(lines)} problem(s) in the pipeline", details=capped(lines)
+        ) from None
     from .dag import check_graph  # graph rules live in dag.py
 
     check_graph(pipeline, source, marks)
@@ -555,7 +664,10 @@ def load_pipeline_text(
 
 
 def check_placeholders(
-    pipeline: Pipeline, source: str = "<pipeline>", marks: _Marks | None = None, params: dict | None = None
+    pipeline: Pipeline,
+    source: str = "<pipeline>",
+    marks: Marks | None = None,
+    params: dict | None = None,
 ) -> None:
     """Every `{{ name }}` in stage configs must have a value; list each one that does not."""
     from .template import BUILTINS, FILTERS, placeholders
@@ -563,22 +675,26 @@ def check_placeholders(
     known = set(pipeline.variables) | set(BUILTINS) | set(params or {})
     problems = []
     for i, stage in enumerate(pipeline.stages):
-        raw = stage.config.model_dump(mode="json")
+        raw = stage.config.model_dump()
         for name, filt, path in placeholders(raw, ("stages", i, "config")):
             loc = path
             line = marks.line_of(loc) if marks else None
             where = f"{source} line {line}" if line else source
             if filt is not None and filt not in FILTERS:
-                problems.append(f"{_loc_text(loc)}: unknown filter `| {filt}` (known: ident) ({where})")
+                problems.append(
+                    f"{loc_text(loc)}: unknown filter `| {filt}` (known: ident) ({where})"
+                )
             if name not in known:
                 problems.append(
-                    f"{_loc_text(loc)}: undefined variable {{{{ {name} }}}}; define it under `variables`"
+                    f"{loc_text(loc)}: undefined variable {{{{ {name} }}}}; define it under `variables`"
                     f" or pass it as a parameter ({where})"
                 )
     if problems:
         from .errors import TemplateError
 
-        raise TemplateError(f"{source}: {len(problems)} undefined placeholder(s)", details=problems)
+        raise TemplateError(
+            f"{source}: {len(problems)} undefined placeholder(s)", details=capped(problems)
+        )
 
 
 def load_pipeline(path: str | Path, params: dict[str, Any] | None = None) -> Pipeline:
@@ -593,5 +709,11 @@ def load_pipeline(path: str | Path, params: dict[str, Any] | None = None) -> Pip
 
 
 def pipeline_to_yaml(p: Pipeline) -> str:
-    data = json.loads(p.model_dump_json(exclude_none=True, exclude_defaults=True))
-    return yaml.safe_dump(data, sort_keys=False)
+    """The pipeline as YAML that loads back to an equal Pipeline (dates in inline rows stay dates)."""
+    try:
+        return yaml.safe_dump(
+            p.model_dump(exclude_none=True, exclude_defaults=True), sort_keys=False
+        )
+    except yaml.representer.RepresenterError:  # built in code with values YAML has no tag for
+        data = json.loads(p.model_dump_json(exclude_none=True, exclude_defaults=True))
+        return yaml.safe_dump(data, sort_keys=False)

@@ -31,9 +31,11 @@ def placeholders(value: Any, path: tuple = ()) -> Iterator[tuple[str, str | None
 
 def _lookup(name: str, scope: dict[str, Any]) -> Any:
     if name not in scope:
+        names = sorted(scope)
+        known = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
         raise TemplateError(
             f"undefined variable {{{{ {name} }}}}: define it under `variables` or pass it as a run"
-            f" parameter (known: {', '.join(sorted(scope)) or 'none'})"
+            f" parameter (known: {known or 'none'})"
         )
     return scope[name]
 
@@ -73,12 +75,25 @@ class SqlParams:
         return PLACEHOLDER.sub(sub, sql)
 
 
-def sql_shape(sql: str) -> str:
-    """The SQL with placeholders swapped for parameters, so it parses before values exist."""
-    return PLACEHOLDER.sub(lambda m: f'"{m.group(1)}"' if m.group(2) == "ident" else "$placeholder", sql)
+def sql_shape(sql: str, known: dict[str, Any] | None = None) -> str:
+    """The SQL with placeholders swapped for parameters, so it parses before values exist.
+
+    An `| ident` placeholder whose value is `known` (a pipeline variable) becomes that name, so
+    the stage check sees which table it reads.
+    """
+    known = known or {}
+
+    def sub(m: re.Match) -> str:
+        if m.group(2) != "ident":
+            return "$placeholder"
+        return quote_ident(known.get(m.group(1), m.group(1)))
+
+    return PLACEHOLDER.sub(sub, sql)
 
 
-def render_config(value: Any, scope: dict[str, Any], params: SqlParams, key: str | None = None) -> Any:
+def render_config(
+    value: Any, scope: dict[str, Any], params: SqlParams, key: str | None = None
+) -> Any:
     """Fill placeholders through a config tree: SQL keys get bound parameters, others text."""
     if key == "command":
         if isinstance(value, str):

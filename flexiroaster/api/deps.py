@@ -10,6 +10,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ..errors import FlexiError
 from ..runtime import Runtime
 
+# Paging offsets and log cursors stay inside DuckDB's BIGINT.
+MAX_OFFSET = 2**62
+
 bearer = HTTPBearer(
     auto_error=False, description="FLEXIROASTER_API_TOKEN, when the runtime has one"
 )

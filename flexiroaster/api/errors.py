@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import FlexiError
+from .models import ErrorOut
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +20,38 @@ CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_fo
          409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "invalid_request", 503: "unavailable"}  # fmt: skip
 
 
+WHY = {
+    400: "The request is understood but refused (the detail says why)",
+    401: "Missing or wrong bearer token",
+    404: "No such pipeline, run or path",
+    409: "The request conflicts with the current state",
+    413: "The request body is too large",
+    422: "The request or the pipeline in it does not validate",
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` for error statuses, all in the one error shape."""
+    return {s: {"model": ErrorOut, "description": WHY[s]} for s in statuses}
+
+
+class InvalidBody(FlexiError):
+    """A request body that is not a pipeline document at all (empty, not UTF-8, not JSON ...)."""
+
+    status = 422
+    code = "invalid_request"
+
+
+def encodable(text: str) -> str:
+    """`text` with lone surrogates (from a JSON `\\ud800` escape it quotes) written as escapes,
+    so a message that quotes the request still encodes as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_response(
     status: int, code: str, detail: str, headers: dict | None = None
 ) -> JSONResponse:
-    body = {"error": code, "detail": detail, "timestamp": datetime.now(UTC).isoformat()}
+    body = {"error": code, "detail": encodable(detail), "timestamp": datetime.now(UTC).isoformat()}
     return JSONResponse(body, status_code=status, headers=headers)
 
 

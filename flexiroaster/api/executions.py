@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import dataclasses
 
 from fastapi import APIRouter, Depends, Query
 
@@ -10,8 +10,9 @@ from ..errors import Conflict
 from ..records import ExecutionRecord
 from ..runtime import Runtime
 from ..states import RunStatus
-from .deps import require_token, runtime
-from .models import ExecutionList, ExecutionOut, LogList, LogOut, TriggerIn
+from .deps import MAX_OFFSET, require_token, runtime
+from .errors import documented
+from .models import ExecutionList, ExecutionOut, IsoTime, LogList, LogOut, TriggerIn
 
 router = APIRouter(prefix="/executions", tags=["executions"])
 LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
@@ -19,11 +20,25 @@ LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
 
 def _fresh(rt: Runtime, rec: ExecutionRecord) -> ExecutionRecord:
     """Active runs: the engine's in-memory record is newer than the store's row."""
-    return rt.engine.live(rec.id) or rec
+    live = rt.engine.live(rec.id)
+    if live is None:
+        return rec
+    # A copy: the engine goes on changing its record while this answer is being built.
+    live = dataclasses.replace(live)
+    if live.status in RunStatus.terminal():
+        # The outcome is decided but still being written: answer once it is stored, so that a
+        # run reported finished here is one the store's filters and counts agree with.
+        rt.engine.wait(rec.id, timeout=5)
+        return rt.store.get_execution(rec.id)
+    return live
 
 
 @router.post(
-    "", status_code=202, response_model=ExecutionOut, dependencies=[Depends(require_token)]
+    "",
+    status_code=202,
+    response_model=ExecutionOut,
+    responses=documented(400, 401, 404, 413, 422),
+    dependencies=[Depends(require_token)],
 )
 def trigger(body: TriggerIn, rt: Runtime = Depends(runtime)) -> ExecutionOut:
     """Start a run of a stored pipeline with parameters; it is queued while the pipeline is at
@@ -31,16 +46,18 @@ def trigger(body: TriggerIn, rt: Runtime = Depends(runtime)) -> ExecutionOut:
     return ExecutionOut.of(rt.trigger(body.pipeline_id, body.params, trigger="api"))
 
 
-@router.get("", response_model=ExecutionList)
+@router.get("", response_model=ExecutionList, responses=documented(422))
 def list_executions(
     rt: Runtime = Depends(runtime),
     pipeline_id: str | None = Query(None, max_length=200),
     status: RunStatus | None = None,
-    since: datetime | None = Query(None, description="Created at or after (ISO 8601)"),
-    until: datetime | None = Query(None, description="Created before (ISO 8601)"),
+    since: IsoTime | None = Query(None, description="Created at or after (ISO 8601)"),
+    until: IsoTime | None = Query(None, description="Created before (ISO 8601)"),
     limit: int = Query(50, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
-    skip: int | None = Query(None, ge=0, description="The original API's name for offset"),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
+    skip: int | None = Query(
+        None, ge=0, le=MAX_OFFSET, description="The original API's name for offset"
+    ),
 ) -> ExecutionList:
     offset = skip if skip is not None else offset
     recs, total = rt.store.list_executions(
@@ -54,7 +71,7 @@ def list_executions(
     )
 
 
-@router.get("/{execution_id}", response_model=ExecutionOut)
+@router.get("/{execution_id}", response_model=ExecutionOut, responses=documented(404, 422))
 def get_execution(execution_id: str, rt: Runtime = Depends(runtime)) -> ExecutionOut:
     rec = _fresh(rt, rt.store.get_execution(execution_id))
     return ExecutionOut.of(rec, rt.store.get_stages(execution_id))
@@ -74,6 +91,7 @@ def _cancel(execution_id: str, rt: Runtime) -> ExecutionOut:
     "/{execution_id}/cancel",
     status_code=202,
     response_model=ExecutionOut,
+    responses=documented(401, 404, 409, 422),
     dependencies=[Depends(require_token)],
 )
 def cancel(execution_id: str, rt: Runtime = Depends(runtime)) -> ExecutionOut:
@@ -85,6 +103,7 @@ def cancel(execution_id: str, rt: Runtime = Depends(runtime)) -> ExecutionOut:
     "/{execution_id}",
     status_code=202,
     response_model=ExecutionOut,
+    responses=documented(401, 404, 409, 422),
     dependencies=[Depends(require_token)],
 )
 def delete_execution(execution_id: str, rt: Runtime = Depends(runtime)) -> ExecutionOut:
@@ -96,6 +115,7 @@ def delete_execution(execution_id: str, rt: Runtime = Depends(runtime)) -> Execu
     "/{execution_id}/retry",
     status_code=202,
     response_model=ExecutionOut,
+    responses=documented(401, 404, 409, 422),
     dependencies=[Depends(require_token)],
 )
 def retry(execution_id: str, rt: Runtime = Depends(runtime)) -> ExecutionOut:
@@ -103,11 +123,11 @@ def retry(execution_id: str, rt: Runtime = Depends(runtime)) -> ExecutionOut:
     return ExecutionOut.of(rt.engine.submit_retry(execution_id, trigger="retry"))
 
 
-@router.get("/{execution_id}/logs", response_model=LogList)
+@router.get("/{execution_id}/logs", response_model=LogList, responses=documented(404, 422))
 def logs(
     execution_id: str,
     rt: Runtime = Depends(runtime),
-    after: int = Query(0, ge=0, le=2**62, description="Cursor: only lines with a greater id"),
+    after: int = Query(0, ge=0, le=MAX_OFFSET, description="Cursor: only lines with a greater id"),
     limit: int = Query(1000, ge=1, le=10_000),
     level: str | None = Query(
         None, pattern="^(DEBUG|INFO|WARN|ERROR)$", description="Minimum level"

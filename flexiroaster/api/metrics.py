@@ -10,6 +10,8 @@ from fastapi import APIRouter, Depends, Response
 from ..metrics import run_stats, trend
 from ..runtime import Runtime
 from .deps import runtime
+from .errors import documented
+from .models import PipelineMetricsOut, SystemMetricsOut
 
 router = APIRouter(prefix="/metrics", tags=["metrics"])
 prometheus = APIRouter(tags=["metrics"])
@@ -17,7 +19,7 @@ prometheus = APIRouter(tags=["metrics"])
 BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
 
-@router.get("/system")
+@router.get("/system", response_model=SystemMetricsOut)
 def system_metrics(rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     """Runs by status, success rate, active runs, queue depth, durations, and the runtime's
     measured CPU and memory (the machine's as `cpu_usage`/`memory_usage`, in %)."""
@@ -45,7 +47,9 @@ def system_metrics(rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     }
 
 
-@router.get("/pipelines/{pipeline_id}")
+@router.get(
+    "/pipelines/{pipeline_id}", response_model=PipelineMetricsOut, responses=documented(404, 422)
+)
 def pipeline_metrics(pipeline_id: str, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     """History statistics of one pipeline and its daily trend over the last 14 days."""
     rt.store.get_pipeline(pipeline_id)

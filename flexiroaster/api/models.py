@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..records import ExecutionRecord, LogRecord, StageRecord
 from ..runtime import LoadedPipeline
+
+
+def _iso_8601(value: Any) -> Any:
+    # pydantic also reads numbers as Unix times; the API documents (and means) ISO 8601.
+    if isinstance(value, str) and not re.match(r"\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d|$)", value):
+        raise ValueError("expected an ISO 8601 date and time, e.g. 2026-01-31T09:30:00Z")
+    return value
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_8601)]
 
 
 class _Out(BaseModel):
@@ -206,3 +217,48 @@ class HealthOut(_Out):
     version: str
     uptime_seconds: float
     components: dict[str, dict[str, Any]]
+
+
+class SystemMetricsOut(_Out):
+    cpu_usage: float = Field(description="The machine's CPU use, %")
+    memory_usage: float = Field(description="The machine's memory use, %")
+    runtime_cpu_percent: float = Field(description="This runtime's CPU use since the last read, %")
+    runtime_rss_bytes: int
+    pipeline_throughput: int = Field(description="Runs completed in the last hour")
+    active_executions: int = Field(description="Runs running now")
+    queue_depth: int = Field(description="Runs waiting for a slot")
+    failure_rate: float = Field(description="% of finished runs that failed")
+    success_rate: float = Field(description="% of finished runs that completed")
+    total_pipelines: int
+    total_executions: int
+    runs_by_status: dict[str, int]
+    avg_duration: float | None = Field(description="Seconds, over completed runs")
+    p50_duration: float | None
+    p95_duration: float | None
+    timestamp: datetime
+
+
+class RunRef(_Out):
+    id: str
+    status: str
+
+
+class TrendDay(_Out):
+    day: str = Field(description="ISO date")
+    runs: int
+    failed: int
+    avg_duration: float | None
+
+
+class PipelineMetricsOut(_Out):
+    pipeline_id: str
+    total_executions: int
+    runs_by_status: dict[str, int]
+    success_rate: float
+    failure_rate: float
+    avg_duration: float | None
+    p50_duration: float | None
+    p95_duration: float | None
+    last_execution: RunRef | None
+    trend: list[TrendDay] = Field(description="Per day over the last 14 days")
+    timestamp: datetime

@@ -13,11 +13,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from ..errors import FlexiError
 from ..runtime import Runtime
 from .deps import require_token, runtime
+from .errors import documented
 from .models import QueryIn, QueryOut
 
 router = APIRouter(tags=["query"])
 ARROW = "application/vnd.apache.arrow.stream"
 _EXPLAIN = re.compile(r"^\s*explain(\s+analyze)?\s+", re.IGNORECASE)
+_INSTALL = re.compile(r"^\s*(force\s+)?install\b", re.IGNORECASE)  # DuckDB files it under LOAD
 
 
 class QueryRefused(FlexiError):
@@ -38,13 +40,14 @@ def check_read_only(sql: str) -> str:
         # EXPLAIN ANALYZE runs its statement: judge what it explains.
         check_read_only(_EXPLAIN.sub("", st.query, count=1))
     elif st.type != duckdb.StatementType.SELECT:
+        kind = "INSTALL" if _INSTALL.match(st.query) else st.type.name
         raise QueryRefused(
-            f"{st.type.name} is not allowed: this endpoint only reads (SELECT, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN)"
+            f"{kind} is not allowed: this endpoint only reads (SELECT, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN)"
         )
     return st.query
 
 
-def _arrow_head(rel: duckdb.DuckDBPyConnection, n: int):
+def _arrow_head(rel: duckdb.DuckDBPyRelation, n: int):
     """At most about `n` rows as an Arrow table, without fetching the rest."""
     import pyarrow as pa
 
@@ -72,7 +75,7 @@ def _json_value(v: Any) -> Any:
     "/query",
     response_model=QueryOut,
     dependencies=[Depends(require_token)],
-    responses={200: {"content": {ARROW: {}}}},
+    responses={200: {"content": {ARROW: {}}}} | documented(400, 401, 413, 422),
 )
 def query(body: QueryIn, request: Request, rt: Runtime = Depends(runtime)) -> Any:
     """Run one read-only query; JSON rows, or Arrow IPC with `format: arrow` or `Accept: {ARROW}`."""
@@ -80,6 +83,7 @@ def query(body: QueryIn, request: Request, rt: Runtime = Depends(runtime)) -> An
     limit = min(body.limit or rt.settings.query_max_rows, rt.settings.query_max_rows)
     timeout = min(body.timeout or rt.settings.query_timeout, rt.settings.query_timeout)
     cur = rt.store.new_cursor()
+    arrow = body.format == "arrow" or ARROW in request.headers.get("accept", "")
     timer = threading.Timer(timeout, cur.interrupt)
     start = time.perf_counter()
     timer.start()
@@ -87,16 +91,19 @@ def query(body: QueryIn, request: Request, rt: Runtime = Depends(runtime)) -> An
         # Inside a transaction that is always rolled back: nothing a query does can stick.
         cur.execute("BEGIN TRANSACTION READ ONLY")
         try:
-            rel = cur.execute(sql)
-            if rel.description is None:
-                raise QueryRefused("the statement returns no rows")
-            columns = [d[0] for d in rel.description]
-            types = [str(d[1]) for d in rel.description]
-            arrow = body.format == "arrow" or ARROW in request.headers.get("accept", "")
             if arrow:
+                # A relation streams Arrow batches; a DB-API result would copy every row first.
+                rel = cur.sql(sql)
+                if rel is None:
+                    raise QueryRefused("the statement returns no rows")
                 table = _arrow_head(rel, limit + 1)
             else:
-                rows = rel.fetchmany(limit + 1)
+                res = cur.execute(sql)
+                if res.description is None:
+                    raise QueryRefused("the statement returns no rows")
+                columns = [d[0] for d in res.description]
+                types = [str(d[1]) for d in res.description]
+                rows = res.fetchmany(limit + 1)
         finally:
             cur.execute("ROLLBACK")
     except duckdb.InterruptException:

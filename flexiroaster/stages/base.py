@@ -116,7 +116,9 @@ class StageContext:
     def query(self, sql: str) -> list[tuple]:
         return self.cursor.execute(sql, self.params_for(sql)).fetchall()
 
-    def create_relation(self, select_sql: str, *, lazy: bool = True, name: str | None = None) -> str:
+    def create_relation(
+        self, select_sql: str, *, lazy: bool = True, name: str | None = None
+    ) -> str:
         """Store `select_sql` as this stage's output (or `name`): a view when lazy, else a table.
 
         Views cannot hold bound parameters, so a query with parameters is always materialised.
@@ -132,7 +134,9 @@ class StageContext:
         name = f"_frame_{self.stage.id}".replace("-", "_")
         self.cursor.register(name, frame)
         try:
-            self.cursor.execute(f"CREATE OR REPLACE TABLE {self.output_name} AS SELECT * FROM {name}")
+            self.cursor.execute(
+                f"CREATE OR REPLACE TABLE {self.output_name} AS SELECT * FROM {name}"
+            )
         finally:
             self.cursor.unregister(name)
         return self.output_name

@@ -73,5 +73,7 @@ def run(ctx: StageContext) -> StageResult:
         ctx.create_relation(f"SELECT * FROM {reader}", lazy=lazy)
     except Exception as exc:
         raise StageError(f"cannot read {cfg.source!r} as {fmt}: {exc}") from None
-    ctx.log(f"reading {len(matches)} {fmt} file(s): {', '.join(quote_ident(m) for m in matches[:5])}")
+    ctx.log(
+        f"reading {len(matches)} {fmt} file(s): {', '.join(quote_ident(m) for m in matches[:5])}"
+    )
     return StageResult(ctx.output_name, ctx.count(ctx.output_name), {"files": len(matches)})

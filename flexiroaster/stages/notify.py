@@ -15,7 +15,9 @@ def run(ctx: StageContext) -> StageResult:
         import httpx
 
         try:
-            resp = httpx.post(cfg.url, json={"text": f"*{cfg.subject}*\n{cfg.body}".strip()}, timeout=10)
+            resp = httpx.post(
+                cfg.url, json={"text": f"*{cfg.subject}*\n{cfg.body}".strip()}, timeout=10
+            )
         except httpx.HTTPError as exc:
             raise StageError(f"webhook {cfg.url} unreachable: {exc}") from None
         if resp.status_code >= 300:

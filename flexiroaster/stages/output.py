@@ -11,7 +11,14 @@ from ..template import quote_ident as q
 from .base import StageContext, StageResult
 from .input import _literal
 
-FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".ndjson": "json", ".html": "html", ".htm": "html"}
+FILE_FORMATS = {
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".json": "json",
+    ".ndjson": "json",
+    ".html": "html",
+    ".htm": "html",
+}
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -36,9 +43,13 @@ def _write_table(ctx: StageContext, source: str) -> tuple[int, dict]:
         columns = [c for c, _ in ctx.columns(source)]
         missing = [k for k in cfg.keys if k not in columns]
         if missing:
-            raise StageError(f"merge keys {missing} are not columns of the input (columns: {', '.join(columns)})")
+            raise StageError(
+                f"merge keys {missing} are not columns of the input (columns: {', '.join(columns)})"
+            )
         keys = ", ".join(map(q, cfg.keys))
-        dupes = ctx.query(f"SELECT count(*) FROM (SELECT {keys} FROM {source} GROUP BY ALL HAVING count(*) > 1)")[0][0]
+        dupes = ctx.query(
+            f"SELECT count(*) FROM (SELECT {keys} FROM {source} GROUP BY ALL HAVING count(*) > 1)"
+        )[0][0]
         if dupes:
             raise StageError(
                 f"merge keys ({', '.join(cfg.keys)}) are not unique in the input: {dupes} key(s) appear more"
@@ -72,7 +83,9 @@ def _write_file(ctx: StageContext, source: str) -> tuple[int, dict]:
     if fmt == "auto":
         fmt = FILE_FORMATS.get(path.suffix.lower())
         if fmt is None:
-            raise StageError(f"cannot tell the file format of {cfg.path!r}; set `format` (parquet, csv, json, html)")
+            raise StageError(
+                f"cannot tell the file format of {cfg.path!r}; set `format` (parquet, csv, json, html)"
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target, then rename: readers see the old file or the new one, never half.
     tmp = path.with_name(f".{path.name}.{ctx.run_id}.tmp")
@@ -80,8 +93,14 @@ def _write_file(ctx: StageContext, source: str) -> tuple[int, dict]:
         if fmt == "html":
             rows = _write_html(ctx, source, tmp)
         else:
-            options = {"parquet": "FORMAT parquet", "csv": "FORMAT csv, HEADER true", "json": "FORMAT json"}[fmt]
-            rows = ctx.cursor.execute(f"COPY (SELECT * FROM {source}) TO {_literal(str(tmp))} ({options})").fetchall()[0][0]
+            options = {
+                "parquet": "FORMAT parquet",
+                "csv": "FORMAT csv, HEADER true",
+                "json": "FORMAT json",
+            }[fmt]
+            rows = ctx.cursor.execute(
+                f"COPY (SELECT * FROM {source}) TO {_literal(str(tmp))} ({options})"
+            ).fetchall()[0][0]
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -105,7 +124,11 @@ def _write_html(ctx: StageContext, source: str, tmp: Path) -> int:
         f"<table><thead><tr>{head}</tr></thead><tbody>",
     ]
     for row in body:
-        lines.append("<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in row) + "</tr>")
+        lines.append(
+            "<tr>"
+            + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in row)
+            + "</tr>"
+        )
     lines.append("</tbody></table></body></html>")
     tmp.write_text("\n".join(lines), encoding="utf-8")
     return len(body)

@@ -13,7 +13,12 @@ from .base import StageContext, StageResult
 
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.config
-    env = {**os.environ, **cfg.env, "FLEXIROASTER_RUN_ID": ctx.run_id, "FLEXIROASTER_STAGE_ID": ctx.stage.id}
+    env = {
+        **os.environ,
+        **cfg.env,
+        "FLEXIROASTER_RUN_ID": ctx.run_id,
+        "FLEXIROASTER_STAGE_ID": ctx.stage.id,
+    }
     cwd = ctx.resolve_path(cfg.cwd) if cfg.cwd else ctx.data_dir
     ctx.check_cancelled()
     try:
@@ -51,5 +56,7 @@ def run(ctx: StageContext) -> StageResult:
     ctx.check_cancelled()
     if code != 0:
         last = "\n".join(tail)
-        raise StageError(f"command exited with status {code}" + (f"; last output:\n{last}" if last else ""))
+        raise StageError(
+            f"command exited with status {code}" + (f"; last output:\n{last}" if last else "")
+        )
     return StageResult(None, None, {"exit_code": code, "output_lines": lines})

@@ -27,9 +27,12 @@ def _serialize(query: str) -> str:
 def parse_select(query: str) -> str:
     """The query as one SELECT statement, or a SpecError saying why not."""
     try:
+        query.encode("utf-8")  # DuckDB's binding raises TypeError on lone surrogates
         statements = duckdb.extract_statements(query)
+    except UnicodeEncodeError:
+        raise SpecError("SQL does not parse: it contains an invalid character") from None
     except duckdb.Error as exc:
-        raise SpecError(f"SQL does not parse: {exc}") from None
+        raise SpecError(f"SQL does not parse: {str(exc).removeprefix('Parser Error: ')}") from None
     if len(statements) != 1:
         raise SpecError(f"an sql stage runs exactly one query; found {len(statements)} statements")
     if statements[0].type != duckdb.StatementType.SELECT:
@@ -43,26 +46,59 @@ def parse_select(query: str) -> str:
 def referenced_tables(query: str) -> set[str]:
     """Unqualified table names the query reads (CTE names excluded), from DuckDB's own parser."""
     parse_select(query)
-    tree = json.loads(_serialize(query))
-    if tree.get("error"):
-        raise SpecError(f"SQL does not parse: {tree.get('error_message')}")
+    try:
+        text = _serialize(query)
+    except duckdb.Error as exc:
+        raise SpecError(f"SQL does not parse: {exc}") from None
     tables: set[str] = set()
     ctes: set[str] = set()
 
     def walk(node: object) -> None:
         if isinstance(node, dict):
-            if node.get("type") == "BASE_TABLE" and not node.get("schema_name") and not node.get("catalog_name"):
-                tables.add(node["table_name"])
+            if (
+                node.get("type") == "BASE_TABLE"
+                and not node.get("schema_name")
+                and not node.get("catalog_name")
+            ):
+                tables.add(node.get("table_name", ""))
             cte_map = node.get("cte_map")
             if isinstance(cte_map, dict):
-                ctes.update(entry["key"] for entry in cte_map.get("map", []))
+                ctes.update(entry.get("key", "") for entry in cte_map.get("map", []))
             for v in node.values():
                 walk(v)
         elif isinstance(node, list):
             for v in node:
                 walk(v)
 
-    walk(tree["statements"])
+    try:
+        tree = json.loads(text)
+        if tree.get("error"):
+            raise SpecError(f"SQL does not parse: {tree.get('error_message')}")
+        walk(tree["statements"])
+    except RecursionError:
+        # Too deep for Python's recursion (e.g. `a1 + a2 + ... + a400`): DuckDB walks the tree.
+        tables.clear()
+        with _parser_lock:
+            assert _parser is not None  # _serialize opened it
+            rows = _parser.execute(
+                r"""
+                WITH t AS (
+                    SELECT parent, key, path, value->>'$' AS v FROM json_tree(?::JSON)
+                    WHERE key IN ('type', 'table_name', 'schema_name', 'catalog_name', 'key')
+                      AND type NOT IN ('OBJECT', 'ARRAY')
+                )
+                SELECT 'table', max(v) FILTER (key = 'table_name') FROM t GROUP BY parent
+                HAVING max(v) FILTER (key = 'type') = 'BASE_TABLE'
+                   AND coalesce(max(v) FILTER (key = 'schema_name'), '') = ''
+                   AND coalesce(max(v) FILTER (key = 'catalog_name'), '') = ''
+                UNION ALL
+                SELECT 'cte', v FROM t
+                WHERE key = 'key' AND regexp_matches(path, '\.cte_map\.map\[\d+\]$')
+                """,
+                [text],
+            ).fetchall()
+        tables = {name for kind, name in rows if kind == "table" and name}
+        ctes = {name for kind, name in rows if kind == "cte" and name}
     return tables - ctes
 
 

@@ -18,7 +18,9 @@ from .input import _literal
 def _need(columns: list[str], names: list[str] | dict, where: str) -> None:
     missing = [n for n in names if n not in columns]
     if missing:
-        raise StageError(f"{where}: no column {', '.join(map(repr, missing))} (columns: {', '.join(columns)})")
+        raise StageError(
+            f"{where}: no column {', '.join(map(repr, missing))} (columns: {', '.join(columns)})"
+        )
 
 
 def compile_operation(op, sql: str, columns: list[str], where: str) -> str:
@@ -43,7 +45,9 @@ def compile_operation(op, sql: str, columns: list[str], where: str) -> str:
         return f"SELECT * REPLACE ({parts}) FROM {src}"
     if kind == "fill_null":
         _need(columns, op.fill_null, where)
-        parts = ", ".join(f"coalesce({q(c)}, {_literal(v)}) AS {q(c)}" for c, v in op.fill_null.items())
+        parts = ", ".join(
+            f"coalesce({q(c)}, {_literal(v)}) AS {q(c)}" for c, v in op.fill_null.items()
+        )
         return f"SELECT * REPLACE ({parts}) FROM {src}"
     if kind == "normalize":
         n = op.normalize

@@ -14,11 +14,28 @@ from .input import _literal
 
 # Friendly type names in `schema` checks -> the DuckDB types that satisfy them.
 TYPE_FAMILIES = {
-    "integer": {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"},
+    "integer": {
+        "TINYINT",
+        "SMALLINT",
+        "INTEGER",
+        "BIGINT",
+        "HUGEINT",
+        "UTINYINT",
+        "USMALLINT",
+        "UINTEGER",
+        "UBIGINT",
+        "UHUGEINT",
+    },
     "string": {"VARCHAR"},
     "boolean": {"BOOLEAN"},
     "date": {"DATE"},
-    "timestamp": {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"},
+    "timestamp": {
+        "TIMESTAMP",
+        "TIMESTAMP WITH TIME ZONE",
+        "TIMESTAMP_S",
+        "TIMESTAMP_MS",
+        "TIMESTAMP_NS",
+    },
 }
 TYPE_FAMILIES["float"] = {"FLOAT", "DOUBLE"} | TYPE_FAMILIES["integer"]
 TYPE_FAMILIES["number"] = TYPE_FAMILIES["float"]
@@ -33,7 +50,9 @@ def _type_ok(actual: str, wanted: str) -> bool:
     family = TYPE_FAMILIES.get(ALIASES.get(w, w))
     if family is None:
         return actual.upper() == wanted.strip().upper()
-    return actual.upper() in family or (family is TYPE_FAMILIES["number"] and actual.upper().startswith("DECIMAL"))
+    return actual.upper() in family or (
+        family is TYPE_FAMILIES["number"] and actual.upper().startswith("DECIMAL")
+    )
 
 
 def bad_row_condition(check: Check) -> str:
@@ -43,6 +62,8 @@ def bad_row_condition(check: Check) -> str:
         return " OR ".join(f"{c} IS NULL" for c in cols)
     if check.type == "unique":
         return "__dup"
+    if check.type == "expression":  # names no column: handled before `cols[0]`
+        return f"NOT coalesce(({check.expression}), false)"
     c = cols[0]
     if check.type == "accepted_values":
         return f"{c} IS NOT NULL AND {c} NOT IN ({', '.join(_literal(v) for v in check.values)})"
@@ -55,9 +76,9 @@ def bad_row_condition(check: Check) -> str:
         return f"{c} IS NOT NULL AND ({' OR '.join(parts)})"
     if check.type == "regex":
         pattern = check.pattern or PATTERNS[check.preset]
-        return f"{c} IS NOT NULL AND NOT regexp_full_match(CAST({c} AS VARCHAR), {_literal(pattern)})"
-    if check.type == "expression":
-        return f"NOT coalesce(({check.expression}), false)"
+        return (
+            f"{c} IS NOT NULL AND NOT regexp_full_match(CAST({c} AS VARCHAR), {_literal(pattern)})"
+        )
     raise AssertionError(check.type)
 
 
@@ -72,7 +93,10 @@ def _table_check(ctx: StageContext, check: Check, source: str, rows: int) -> tup
     if check.type == "row_count":
         low = check.min is not None and rows < float(check.min)
         high = check.max is not None and rows > float(check.max)
-        return int(low or high), f"{rows} rows (expected {check.min if check.min is not None else '-'}..{check.max if check.max is not None else '-'})"
+        return (
+            int(low or high),
+            f"{rows} rows (expected {check.min if check.min is not None else '-'}..{check.max if check.max is not None else '-'})",
+        )
     if check.type == "schema":
         actual = dict(ctx.columns(source))
         problems = []
@@ -86,7 +110,9 @@ def _table_check(ctx: StageContext, check: Check, source: str, rows: int) -> tup
         return len(problems), "; ".join(problems) or "ok"
     if check.type == "sql":
         cur = ctx.cursor
-        cur.execute(f"SET search_path = '{ctx.schema.replace(chr(34), '')},{ctx.store.catalog}.main'")
+        cur.execute(
+            f"SET search_path = '{ctx.schema.replace(chr(34), '')},{ctx.store.catalog}.main'"
+        )
         n = ctx.query(f"SELECT count(*) FROM ({check.query.strip().rstrip(';')})")[0][0]
         return n, f"{n} violating row(s)"
     raise AssertionError(check.type)
@@ -101,16 +127,22 @@ def run(ctx: StageContext) -> StageResult:
     for check in row_checks:
         missing = [c for c in check.columns if c not in columns]
         if missing:
-            raise StageError(f"check {check.label}: no column {', '.join(map(repr, missing))} (columns: {', '.join(columns)})")
+            raise StageError(
+                f"check {check.label}: no column {', '.join(map(repr, missing))} (columns: {', '.join(columns)})"
+            )
 
     quarantine = cfg.on_failure == "quarantine"
     needs_order = quarantine or any(c.type == "unique" for c in row_checks)
     if needs_order:
         # Flag every row once, in a table, so counts, good rows and bad rows agree.
-        dup = [f"{_dup_flag(c)} AS __dup{i}" for i, c in enumerate(row_checks) if c.type == "unique"]
+        dup = [
+            f"{_dup_flag(c)} AS __dup{i}" for i, c in enumerate(row_checks) if c.type == "unique"
+        ]
         base = f"SELECT *, row_number() OVER () AS __ord FROM {source}"
         flagged_sql = f"SELECT *{''.join(', ' + d for d in dup)} FROM ({base}) AS b"
-        flagged = ctx.create_relation(flagged_sql, lazy=False, name=f"{ctx.schema}.{q(ctx.stage.id + '__flagged')}")
+        flagged = ctx.create_relation(
+            flagged_sql, lazy=False, name=f"{ctx.schema}.{q(ctx.stage.id + '__flagged')}"
+        )
         conds = [
             bad_row_condition(c).replace("__dup", f"__dup{i}") for i, c in enumerate(row_checks)
         ]
@@ -130,22 +162,40 @@ def run(ctx: StageContext) -> StageResult:
         res = {"check": check.label, "level": "row", "failed": failed, "passed": failed == 0}
         if failed:
             shown = check.columns or columns[:3]
-            sample = ctx.query(f"SELECT {', '.join(map(q, shown))} FROM {scan} WHERE {cond} LIMIT 3")
+            sample = ctx.query(
+                f"SELECT {', '.join(map(q, shown))} FROM {scan} WHERE {cond} LIMIT 3"
+            )
             res["examples"] = [dict(zip(shown, r, strict=True)) for r in sample]
         results.append(res)
     for check in table_checks:
         failed, detail = _table_check(ctx, check, source, rows)
-        results.append({"check": check.label, "level": "table", "failed": failed, "passed": failed == 0, "detail": detail})
+        results.append(
+            {
+                "check": check.label,
+                "level": "table",
+                "failed": failed,
+                "passed": failed == 0,
+                "detail": detail,
+            }
+        )
 
     failing = [r for r in results if not r["passed"]]
     metrics: dict[str, Any] = {"checks": results, "rows_checked": rows}
     summary = "; ".join(_describe(r) for r in failing)
     for r in results:
-        ctx.log(f"check {r['check']}: {'passed' if r['passed'] else _describe(r)}", "INFO" if r["passed"] else "WARN")
+        ctx.log(
+            f"check {r['check']}: {'passed' if r['passed'] else _describe(r)}",
+            "INFO" if r["passed"] else "WARN",
+        )
 
     table_failures = [r for r in failing if r["level"] == "table"]
     if failing and (cfg.on_failure == "fail" or (quarantine and table_failures)):
-        why = summary if cfg.on_failure == "fail" else "table-level checks cannot quarantine rows: " + "; ".join(map(_describe, table_failures))
+        why = (
+            summary
+            if cfg.on_failure == "fail"
+            else "table-level checks cannot quarantine rows: "
+            + "; ".join(map(_describe, table_failures))
+        )
         raise StageError(f"{len(failing)} of {len(results)} check(s) failed: {why}")
     if failing and cfg.on_failure == "warn":
         ctx.log(f"{len(failing)} check(s) failed; continuing (on_failure: warn): {summary}", "WARN")
@@ -156,7 +206,9 @@ def run(ctx: StageContext) -> StageResult:
 
     any_bad = " OR ".join(f"({c})" for c in conds) or "false"
     cols = ", ".join(map(q, columns))
-    ctx.create_relation(f"SELECT {cols} FROM {scan} WHERE NOT ({any_bad}) ORDER BY __ord", lazy=False)
+    ctx.create_relation(
+        f"SELECT {cols} FROM {scan} WHERE NOT ({any_bad}) ORDER BY __ord", lazy=False
+    )
     good = ctx.count(ctx.output_name)
     bad = rows - good
     metrics["rows_quarantined"] = bad
@@ -178,7 +230,9 @@ def _describe(r: dict[str, Any]) -> str:
 
 def _write_quarantine(ctx, scan, columns, checks, conds, any_bad, target_name) -> None:
     """Append the failing rows, with the checks they failed, in one transaction."""
-    labels = ", ".join(f"CASE WHEN {c} THEN {_literal(ch.label)} END" for ch, c in zip(checks, conds, strict=True))
+    labels = ", ".join(
+        f"CASE WHEN {c} THEN {_literal(ch.label)} END" for ch, c in zip(checks, conds, strict=True)
+    )
     cols = ", ".join(map(q, columns))
     select = (
         f"SELECT {cols}, list_filter([{labels}], lambda x: x IS NOT NULL) AS _failed_checks,"
@@ -190,5 +244,7 @@ def _write_quarantine(ctx, scan, columns, checks, conds, any_bad, target_name) -
     with ctx.transaction() as cur:
         if schema:
             cur.execute(f"CREATE SCHEMA IF NOT EXISTS {q(ctx.store.catalog)}.{q(schema)}")
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {target} AS {select} LIMIT 0", ctx.params_for(select))
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {target} AS {select} LIMIT 0", ctx.params_for(select)
+        )
         cur.execute(f"INSERT INTO {target} BY NAME {select}", ctx.params_for(select))
