@@ -104,7 +104,8 @@ def _run_in_thread(fn, engine) -> Any:
         finally:
             finished.set()
 
-    threading.Thread(target=target, daemon=True).start()
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
     # Wait on an Event, not Thread.join: a join interrupted by Ctrl-C can leave the
     # thread looking finished while it still runs.
     try:
@@ -115,6 +116,7 @@ def _run_in_thread(fn, engine) -> Any:
         for rid in engine.active():
             engine.cancel(rid)
         finished.wait()
+    thread.join()  # the thread's DuckDB cursor must be gone before the interpreter exits
     if error:
         raise error[0]
     return result[0]

@@ -136,14 +136,16 @@ class Engine:
             spec_yaml=pipeline_to_yaml(pipeline),
         )
         stages = {s.id: StageRecord(run_id, s.id, s.type, i) for i, s in enumerate(pipeline.stages)}
+        # Run parameters win over variables and over the date builtins (a backfill passes
+        # its own run_date); run_id and pipeline always name this run.
         scope = {
+            "run_date": created.date().isoformat(),
+            "run_ts": created.isoformat(),
+            "data_dir": str(self.settings.data_dir),
             **pipeline.variables,
             **params,
             "run_id": run_id,
             "pipeline": pipeline.name,
-            "run_date": created.date().isoformat(),
-            "run_ts": created.isoformat(),
-            "data_dir": str(self.settings.data_dir),
         }
         run = _Run(pipeline, record, stages, scope, f'scratch."r_{run_id}"', listener)
         if retry_of is not None:
@@ -220,7 +222,8 @@ class Engine:
     def execute(self, run: _Run) -> ExecutionRecord:
         rec = run.record
         rec.status, rec.started_at = RunStatus.RUNNING, now()
-        self.store.update_execution(rec)
+        # No flush here: the pending stage rows follow with the flusher (~10 ms saved per run).
+        self.store.update_execution(rec, flush=False)
         self._emit(run, "run_started")
         self._log(
             run,
@@ -243,7 +246,6 @@ class Engine:
                 if s.status not in StageStatus.terminal():
                     self._finish_stage(run, s, StageStatus.FAILED, error="engine error")
         self._finish_run(run, cur)
-        cur.close()
         return rec
 
     def _loop(self, run: _Run) -> None:
@@ -467,6 +469,7 @@ class Engine:
             + (f": {rec.error}" if rec.error and rec.status != RunStatus.COMPLETED else ""),
         )
         self.store.update_execution(rec)
+        cur.close()  # before `done`: nothing of this run may touch DuckDB after waiters wake
         with self._lock:
             self._active.pop(rec.id, None)
             if self._running.pop(rec.id, None) is not None:

@@ -8,7 +8,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,9 @@ class Store:
                 raise StoreLocked(_locked_message(self.path, exc)) from None
             raise FlexiError(f"cannot open the store {self.path}: {exc}") from None
         self._local = threading.local()
+        self._thread_cursors: list[duckdb.DuckDBPyConnection] = []
+        self._buf_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._write_lock = threading.RLock()
         self.catalog = self._con.sql("SELECT current_database()").fetchall()[0][0]
         # Fully qualified: a store file named flexiroaster.duckdb makes `flexiroaster.x` ambiguous.
@@ -108,7 +111,6 @@ class Store:
         ).fetchall()[0][0]
         self._stage_buf: dict[tuple[str, str], StageRecord] = {}
         self._log_buf: list[LogRecord] = []
-        self._buf_lock = threading.Lock()
         self._closed = threading.Event()
         self.recovered = self._recover()
         self._flush_interval = flush_interval
@@ -122,6 +124,8 @@ class Store:
         cur = getattr(self._local, "cur", None)
         if cur is None:
             cur = self._local.cur = self._con.cursor()
+            with self._buf_lock:
+                self._thread_cursors.append(cur)
         return cur
 
     def new_cursor(self) -> duckdb.DuckDBPyConnection:
@@ -211,6 +215,15 @@ class Store:
         self._closed.set()
         self._flusher.join(timeout=5)
         self.flush()
+        # Close every per-thread cursor here, in this thread: one left to the interpreter's
+        # exit can be torn down under a dying thread and abort the process.
+        with self._buf_lock:
+            cursors, self._thread_cursors = self._thread_cursors, []
+        for cur in cursors:
+            try:
+                cur.close()
+            except duckdb.Error:
+                pass
         self._con.close()
 
     # --- batched writes -------------------------------------------------------------------
@@ -224,7 +237,7 @@ class Store:
 
     def record_stage(self, rec: StageRecord) -> None:
         """Queue the latest state of a stage; written with the next flush."""
-        snap = StageRecord(**{**asdict(rec), "metrics": dict(rec.metrics)})
+        snap = replace(rec, metrics=dict(rec.metrics))
         with self._buf_lock:
             self._stage_buf[(rec.execution_id, rec.stage_id)] = snap
 
@@ -243,7 +256,15 @@ class Store:
             )
 
     def flush(self) -> None:
-        """Write queued stage states and log lines, one Arrow batch per table."""
+        """Write queued stage states and log lines, one Arrow batch per table.
+
+        Held under one lock from taking the rows to committing them, so a caller that flushes
+        before reading never returns while another thread's write of the same rows is open.
+        """
+        with self._flush_lock:
+            self._flush()
+
+    def _flush(self) -> None:
         import pyarrow as pa
 
         with self._buf_lock:
@@ -316,9 +337,10 @@ class Store:
                     cur, pa.table(scols), "INSERT INTO flexiroaster.stage_executions", STAGE_COLS
                 )
 
-    def update_execution(self, rec: ExecutionRecord) -> None:
-        """Write the run's row; stage states queued before it are flushed first."""
-        self.flush()
+    def update_execution(self, rec: ExecutionRecord, *, flush: bool = True) -> None:
+        """Write the run's row; stage states queued before it are flushed first (`flush`)."""
+        if flush:
+            self.flush()
         cols = [c for c in EXEC_COLS if c != "id"]
         with self.transaction() as cur:
             self._exec(

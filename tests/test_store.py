@@ -107,7 +107,7 @@ def test_sigkill_mid_write_keeps_the_old_table_and_marks_the_run_failed(data_dir
     (data_dir / "gen").mkdir()
     s = Store(settings.store_file)
     s.cursor().execute(
-        f"copy (select range as x, range as k from range(6000000)) to '{data_dir}/gen/x.parquet'"
+        f"copy (select range as x, range as k from range(8000000)) to '{data_dir}/gen/x.parquet'"
     )
     s.cursor().execute(
         "create table target as select range as k, 'old' as v, 'h' as h from range(5)"
@@ -121,7 +121,7 @@ def test_sigkill_mid_write_keeps_the_old_table_and_marks_the_run_failed(data_dir
     for line in proc.stdout:
         if ".. write (output)" in line:
             break
-    time.sleep(0.5)  # well inside the write
+    time.sleep(0.8)  # well inside the write, and past a flush of the stage rows
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)

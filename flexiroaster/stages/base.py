@@ -41,6 +41,7 @@ class StageContext:
     logger: Callable[[str, str], None]
     cancel: threading.Event
     scope: dict[str, Any] = field(default_factory=dict)
+    created_rows: int | None = None  # rows of the last table create_relation made
     _killers: list[Callable[[], None]] = field(default_factory=list)
     _cursor: duckdb.DuckDBPyConnection | None = None
 
@@ -126,7 +127,9 @@ class StageContext:
         params = self.params_for(select_sql)
         kind = "VIEW" if lazy and not params else "TABLE"
         name = name or self.output_name
-        self.cursor.execute(f"CREATE OR REPLACE {kind} {name} AS {select_sql}", params)
+        res = self.cursor.execute(f"CREATE OR REPLACE {kind} {name} AS {select_sql}", params)
+        # CREATE TABLE AS answers with its row count: keep it rather than count again.
+        self.created_rows = res.fetchall()[0][0] if kind == "TABLE" else None
         return name
 
     def create_from_frame(self, frame: Any) -> str:

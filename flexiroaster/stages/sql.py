@@ -112,4 +112,4 @@ def run(ctx: StageContext) -> StageResult:
     except duckdb.CatalogException as exc:
         known = ", ".join(ctx.inputs) or "none"
         raise StageError(f"{exc} (upstream stages this query can read: {known})") from None
-    return StageResult(ctx.output_name, ctx.count(ctx.output_name))
+    return StageResult(ctx.output_name, ctx.created_rows)
