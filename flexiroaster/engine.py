@@ -320,6 +320,7 @@ class Engine:
             logger=lambda level, msg, sid=stage.id: self._log(run, sid, level, msg),
             cancel=run.cancel,
             scope=run.scope,
+            rows_in=srec.rows_in,
         )
         timeout = stage.timeout or self.settings.default_timeout
         started = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from difflib import get_close_matches
 from enum import StrEnum
 from pathlib import Path
@@ -11,7 +12,7 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SpecError
 from .yamldoc import Marks, capped, loc_text, parse_document, short
@@ -446,7 +447,6 @@ Stage = Annotated[
 
 
 class Pipeline(_Model):
-    _yaml: str | None = PrivateAttr(default=None)  # pipeline_to_yaml's cache
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\- ]*$", max_length=100)
     description: str = ""
     version: str = "1.0.0"
@@ -714,9 +714,20 @@ def pipeline_to_yaml(p: Pipeline) -> str:
 
     Computed once per Pipeline object: every run records it, and a 200-stage dump costs ~25 ms.
     """
-    if p._yaml is None:
-        p._yaml = _dump_yaml(p)
-    return p._yaml
+    with _YAML_LOCK:
+        hit = _YAML_CACHE.get(id(p))
+    if hit is not None and hit[0] is p:
+        return hit[1]
+    text = _dump_yaml(p)
+    with _YAML_LOCK:
+        _YAML_CACHE[id(p)] = (p, text)  # holds `p`, so its id cannot be reused while cached
+        while len(_YAML_CACHE) > 256:
+            _YAML_CACHE.pop(next(iter(_YAML_CACHE)))
+    return text
+
+
+_YAML_CACHE: dict[int, tuple[Pipeline, str]] = {}
+_YAML_LOCK = threading.Lock()
 
 
 def _dump_yaml(p: Pipeline) -> str:

@@ -492,6 +492,15 @@ class Store:
 
     # --- output tables --------------------------------------------------------------------
 
+    def ensure_schema(self, schema: str) -> None:
+        """Create a user schema on its own, serialised: two stages creating the same schema
+        inside their own transactions would hit a write-write conflict."""
+        with self._write_lock:
+            cur = self.cursor()
+            cur.execute(
+                f'CREATE SCHEMA IF NOT EXISTS "{self.catalog}"."{schema.replace(chr(34), chr(34) * 2)}"'
+            )
+
     def table_exists(self, name: str, cur: duckdb.DuckDBPyConnection | None = None) -> bool:
         schema, _, table = name.rpartition(".")
         cur = cur or self.cursor()

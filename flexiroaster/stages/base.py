@@ -41,6 +41,7 @@ class StageContext:
     logger: Callable[[str, str], None]
     cancel: threading.Event
     scope: dict[str, Any] = field(default_factory=dict)
+    rows_in: int | None = None  # rows of the stage's inputs, where known
     created_rows: int | None = None  # rows of the last table create_relation made
     _killers: list[Callable[[], None]] = field(default_factory=list)
     _cursor: duckdb.DuckDBPyConnection | None = None

@@ -55,9 +55,9 @@ def _write_table(ctx: StageContext, source: str) -> tuple[int, dict]:
                 f"merge keys ({', '.join(cfg.keys)}) are not unique in the input: {dupes} key(s) appear more"
                 " than once; dedupe first"
             )
+    if schema:
+        ctx.store.ensure_schema(schema)
     with ctx.transaction() as cur:
-        if schema:
-            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {q(ctx.store.catalog)}.{q(schema)}")
         exists = ctx.store.table_exists(cfg.table, cur)
         if cfg.mode == "replace" or not exists:
             cur.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM {source}")

@@ -95,13 +95,18 @@ def compile_operation(op, sql: str, columns: list[str], where: str) -> str:
 def run(ctx: StageContext) -> StageResult:
     source = ctx.single_input()
     sql = f"SELECT * FROM {source}"
+    columns = [c for c, _ in ctx.columns(source)]
     for i, op in enumerate(ctx.config.operations):
         where = f"operations[{i}].{op.kind}"
-        columns = [c for c, _ in ctx.columns(f"({sql})")]
         sql = compile_operation(op, sql, columns, where)
-        try:  # bind now, so an error names the operation that caused it
-            ctx.query(f"SELECT * FROM ({sql}) LIMIT 0")
+        try:  # bind each step, so an error names the operation that caused it
+            columns = [c for c, _ in ctx.columns(f"({sql})")]
         except duckdb.Error as exc:
             raise StageError(f"{where}: {exc}") from None
     ctx.create_relation(sql)
+    # Only filter and dedupe change the row count; otherwise skip a scan of the whole input.
+    if ctx.rows_in is not None and not any(
+        op.kind in ("filter", "dedupe") for op in ctx.config.operations
+    ):
+        return StageResult(ctx.output_name, ctx.rows_in)
     return StageResult(ctx.output_name, ctx.count(ctx.output_name))

@@ -241,9 +241,9 @@ def _write_quarantine(ctx, scan, columns, checks, conds, any_bad, target_name) -
     )
     target = ctx.target_table(target_name)
     schema = target_name.rpartition(".")[0]
+    if schema:
+        ctx.store.ensure_schema(schema)
     with ctx.transaction() as cur:
-        if schema:
-            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {q(ctx.store.catalog)}.{q(schema)}")
         cur.execute(
             f"CREATE TABLE IF NOT EXISTS {target} AS {select} LIMIT 0", ctx.params_for(select)
         )
