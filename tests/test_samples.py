@@ -13,7 +13,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -56,30 +55,11 @@ def flexi(data: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def exit_code(proc: subprocess.CompletedProcess) -> int:
-    """The exit code the CLI chose.
-
-    Works around a CLI bug: `cli._run_in_thread` never joins its daemon thread, so that
-    thread's DuckDB cursor can still be tearing down while the interpreter exits, and the
-    process dies with SIGABRT ("FATAL: exception not rethrown") after the run was recorded and
-    its summary printed (about one run in three here). Only that exact abort is mapped back to
-    the code the CLI returns for the outcome it printed. Drop this once the thread is joined.
-    """
-    if proc.returncode != -signal.SIGABRT or "exception not rethrown" not in proc.stderr:
-        return proc.returncode
-    if "\nsample " in proc.stdout:  # `demo` printed its summary table
-        return 1 if "UNEXPECTED" in proc.stdout else 0
-    summary = re.findall(r"^run \w+ (completed|failed|cancelled)", proc.stdout, re.M)
-    if not summary:
-        return proc.returncode
-    return 0 if summary[-1] == "completed" else 1
-
-
 def run(data: Path, pipeline: str, *params: str, expect: int = 0) -> str:
     """Run data/pipelines/<pipeline>.yaml; assert the exit code; return the run id."""
     args = [f"--param={p}" for p in params]
     proc = flexi(data, "run", f"data/pipelines/{pipeline}.yaml", *args)
-    assert exit_code(proc) == expect, proc.stdout + proc.stderr
+    assert proc.returncode == expect, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     return re.findall(r"^run (\w+) ", proc.stdout, re.M)[-1]
 
@@ -709,7 +689,7 @@ def test_inventory_reconciliation_fails_after_retries_with_quarantine(data):
 
 def test_demo_runs_every_sample_as_intended(data):
     proc = flexi(data, "demo")
-    assert exit_code(proc) == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     files = sorted(p.name for p in (data / "pipelines").glob("*.yaml"))
     assert len(files) == 7
     for name in files:
