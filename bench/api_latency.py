@@ -2,33 +2,36 @@
 
 Set-up, in a temp data dir:
   1. this process opens the store, writes 100k finished runs (2-3 stage rows each, a mix of
-     pipelines, statuses, triggers and durations over the last 60 days) with
-     `Store.import_executions`, saves one trivial pipeline (one sql stage), and closes it;
+     pipelines, statuses, triggers and durations over the last 60 days, in creation order)
+     with `Store.import_executions`, saves one trivial pipeline (one sql stage), closes it;
   2. `.venv/bin/flexiroaster serve --port <free port>` starts as a subprocess on that data dir.
 
-Load comes from a separate load-generator process (this file with `--loadgen`; httpx, one
-keep-alive connection per worker thread, loopback only). The schedule is open-loop: request i
-is due at t0 + i/rate whatever happened to the ones before it. Each phase is bounded in time
-and count. Latency is reported from the request's due time (`sched`: includes any wait for a
-free worker, so a stalled server cannot hide behind a slowed-down client) and from its actual
-send (`send`).
+Load comes from a separate load-generator process per phase (this file with `--loadgen`;
+httpx, one keep-alive connection per worker thread, loopback only). The schedule is open loop:
+request i is due at t0 + i/rate whatever happened to the ones before it. Each phase is bounded
+in time and count and starts with 3 untimed warm-up requests. Latency is reported from the
+request's due time (includes any wait for a free worker, so a stalled server cannot hide
+behind a slowed-down client), from its actual send (`send`), and how late it was sent.
 
 Phases, in order:
-  health   GET /api/v1/health                          baseline: the cheapest round trip
+  health   GET /api/v1/health at the trigger rate            baseline: the cheapest round trip
   list     GET /api/v1/executions?limit=50, round-robin with ?pipeline_id=...&limit=50 and
-           ?limit=50&offset=5000, against the 100k history
-  trigger  POST /api/v1/executions {"pipeline_id": ...}  (the runs then execute in the server)
+           ?limit=50&offset=5000, against the 100k history (default 50/s)
+  trigger  POST /api/v1/executions {"pipeline_id": ...} at 100/s (the runs execute in the server)
   drain    wait until the server has no active or queued run (reported, not a latency phase)
   health2  the baseline again, after the load
 
-Server RSS (psutil) is read after start (idle, before any load) and after the load. The server
-is stopped with SIGTERM and must exit within 10 s.
+Server RSS (psutil) is read after start (idle), sampled every 50 ms during the load (peak),
+and read after it. The server is stopped with SIGTERM and must exit within 10 s; the store is
+then reopened to check that no run was left unfinished and none is missing.
 
-    .venv/bin/python bench/api_latency.py            # 15 s per phase, about 2 minutes
-    .venv/bin/python bench/api_latency.py --quick    # 5 s per phase
-    .venv/bin/python bench/api_latency.py --keep     # keep the temp data dir and server logs
+    .venv/bin/python bench/api_latency.py                 # 15 s per phase, about 2 minutes
+    .venv/bin/python bench/api_latency.py --quick         # 5 s per phase
+    .venv/bin/python bench/api_latency.py --keep          # keep the temp data dir and server logs
+    .venv/bin/python bench/api_latency.py --profile list  # in-process server under cProfile
 
-Exit status 1 when a request errs, a target is missed, or the server does not stop cleanly.
+Figures, findings and proposals: bench/api_latency.md. Exit status 1 when a request errs, a
+target is missed, or the server does not stop cleanly.
 """
 
 from __future__ import annotations
@@ -385,8 +388,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, port: int):
+def start_server(data_dir: Path, port: int, extra_env: dict | None = None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXIROASTER_")}
+    env.update(extra_env or {})
     env["FLEXIROASTER_DATA_DIR"] = str(data_dir)
     env["PYTHONFAULTHANDLER"] = "1"  # a hung server can be asked for its threads' stacks
     out = open(data_dir / "server.out", "w")  # noqa: SIM115 - closed by stop_server
@@ -465,6 +469,31 @@ def rss_mb(pid: int) -> float:
     import psutil
 
     return psutil.Process(pid).memory_info().rss / 2**20
+
+
+class RssPeak:
+    """Samples a process's RSS every 50 ms on a thread; take() returns the peak since the last."""
+
+    def __init__(self, pid: int):
+        import psutil
+
+        self.proc, self.peak, self.lock = psutil.Process(pid), 0, threading.Lock()
+        self.stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.05):
+            try:
+                rss = self.proc.memory_info().rss
+            except Exception:  # the process is gone
+                return
+            with self.lock:
+                self.peak = max(self.peak, rss)
+
+    def take(self) -> float:
+        with self.lock:
+            peak, self.peak = self.peak, 0
+        return peak / 2**20
 
 
 def cpu_s(pid: int) -> float:
@@ -555,6 +584,23 @@ def profile_server(data_dir: Path, phases: list, duration: float, workers: int, 
 # --- main ------------------------------------------------------------------------------------
 
 
+def revision() -> str:
+    """The commit measured, and whether flexiroaster/ had uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "flexiroaster"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "?"
+    return f"{head or '?'}{' + uncommitted changes in flexiroaster/' if dirty else ''}"
+
+
 def machine() -> str:
     model = platform.processor() or "?"
     try:
@@ -612,6 +658,13 @@ def main() -> int:
     ap.add_argument("--list-rate", type=float, default=50.0, help="requests/s")
     ap.add_argument("--workers", type=int, default=16, help="load-generator threads")
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
+    ap.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of the server, e.g. MALLOC_ARENA_MAX=2 (repeatable)",
+    )
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     ap.add_argument(
         "--profile",
@@ -627,12 +680,14 @@ def main() -> int:
 
     duration = args.duration or (5.0 if args.quick else 15.0)
     phases = make_phases(args.trigger_rate, args.list_rate)
-    print(f"api_latency: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {machine()}")
+    print(f"api_latency: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {machine()}; code {revision()}")
     tmp = Path(tempfile.mkdtemp(prefix="flexi-api-bench-"))
     proc = None
     failures: list[str] = []
-    report: dict = {"date": datetime.now(UTC).isoformat(), "machine": machine(),
-                    "duration_s": duration, "phases": []}  # fmt: skip
+    report: dict = {"date": datetime.now(UTC).isoformat(), "machine": machine(), "code": revision(),
+                    "duration_s": duration, "server_env": args.server_env, "phases": []}  # fmt: skip
+    if args.server_env:
+        print(f"server environment: {' '.join(args.server_env)}")
     try:
         hist = build_store(tmp, args.runs)
         report["history"] = hist
@@ -647,7 +702,7 @@ def main() -> int:
             return 0
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        proc = start_server(tmp, port)
+        proc = start_server(tmp, port, dict(kv.split("=", 1) for kv in args.server_env))
         ready = wait_healthy(url, proc)
         time.sleep(1.0)  # let start-up allocations settle before reading idle memory
         rss_idle = rss_mb(proc.pid)
@@ -658,7 +713,9 @@ def main() -> int:
         )
 
         rows, triggered = [], 0
+        sampler = RssPeak(proc.pid)
         for name, targets, rate in phases:
+            sampler.take()
             load = os.getloadavg()[0]
             c0 = cpu_s(proc.pid)
             try:
@@ -676,6 +733,8 @@ def main() -> int:
             cpu = cpu_s(proc.pid) - c0
             s = summarize(name, out, rate)
             s["server_cpu_ms_per_req"] = cpu * 1000 / max(1, s["requests"])
+            s["rss_after_mb"] = rss_mb(proc.pid)
+            s["rss_peak_mb"] = sampler.take()
             s["loadavg_before"] = load
             rows.append(s)
             if len(targets) > 1:
@@ -684,7 +743,8 @@ def main() -> int:
                 f"  {name}: {s['requests']} requests at {s['rate']:.1f}/s, p99 {s['p99']:.1f} ms,"
                 f" server CPU {s['server_cpu_ms_per_req']:.2f} ms/request"
                 f" (incl. background work), load generator CPU"
-                f" {s['client_cpu_ms_per_req']:.2f} ms/request, load average before {load:.2f}",
+                f" {s['client_cpu_ms_per_req']:.2f} ms/request, load average before {load:.2f};"
+                f" server RSS peak {s['rss_peak_mb']:.0f} MB, after {s['rss_after_mb']:.0f} MB",
                 flush=True,
             )
             if s["errors"]:
@@ -701,19 +761,28 @@ def main() -> int:
                 waited, h = wait_drained(url, timeout=300)
                 s["drain_s"] = waited
                 s["drain_cpu_s"] = cpu_s(proc.pid) - c0
+                s["rss_after_drain_mb"] = rss_mb(proc.pid)
+                s["rss_peak_drain_mb"] = sampler.take()
                 print(f"  drain: the {triggered} triggered runs (with warm-up) all finished {waited:.1f} s after"
-                      f" the phase ended (server CPU {s['drain_cpu_s']:.1f} s)")  # fmt: skip
+                      f" the phase ended (server CPU {s['drain_cpu_s']:.1f} s);"
+                      f" server RSS peak {s['rss_peak_drain_mb']:.0f} MB,"
+                      f" after {s['rss_after_drain_mb']:.0f} MB")  # fmt: skip
                 if math.isnan(waited):
                     failures.append(f"triggered runs not finished: {h['components']['engine']}")
         report["phases"] = rows
         time.sleep(1.0)
         rss_after = rss_mb(proc.pid)
+        sampler.stop.set()
+        rss_peak = max(
+            [r.get("rss_peak_mb", 0) for r in rows] + [r.get("rss_peak_drain_mb", 0) for r in rows]
+        )
         duck_mb = duckdb_memory_mb(url)
         stop_s, code = stop_server(proc)
         problem = check_store(tmp, hist["runs"] + triggered) if code is not None else None
         report.update(
             rss_idle_mb=rss_idle,
             rss_after_mb=rss_after,
+            rss_peak_mb=rss_peak,
             duckdb_idle_mb=duck_idle,
             duckdb_memory_mb=duck_mb,
             stop_s=stop_s,
@@ -732,8 +801,8 @@ def main() -> int:
             + ", ".join(f"{r['phase']} {r['first_ms']:.0f} ms" for r in rows if r.get("first_ms"))
         )
         print(
-            f"server RSS: idle {rss_idle:.1f} MB, after load {rss_after:.1f} MB"
-            f" (DuckDB's own accounting after load: {duck_mb:.1f} MB)"
+            f"server RSS: idle {rss_idle:.1f} MB, after load {rss_after:.1f} MB, peak during load"
+            f" {rss_peak:.1f} MB (DuckDB's own accounting after load: {duck_mb:.1f} MB)"
         )
         clean = code in (0, -signal.SIGTERM)
         print(f"SIGTERM: exited {'with ' + str(code) if code is not None else 'NOT'} within"
@@ -755,6 +824,10 @@ def main() -> int:
             print(f"target RSS {label} < {TARGET_RSS_MB:.0f} MB: {v:.1f} MB {verdict}")
             if v >= TARGET_RSS_MB:
                 failures.append(f"RSS {label} {v:.1f} MB")
+        over = "over" if rss_peak >= TARGET_RSS_MB else "under"
+        print(
+            f"(not a target: RSS peak during load {rss_peak:.1f} MB, {over} {TARGET_RSS_MB:.0f} MB)"
+        )
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -146,12 +147,16 @@ def patch_pipeline_cache() -> None:
 
 
 def patch_write_behind() -> None:
+    import contextlib
+
     import pyarrow as pa
 
     from flexiroaster.records import EXEC_COLS, db_value
     from flexiroaster.store import Store
 
-    orig_flush = Store.flush
+    # Store.flush takes _flush_lock and calls _flush (stage states and log lines); older
+    # versions had flush alone. Run rows are written first, under the same lock.
+    inner = getattr(Store, "_flush", None) or Store.flush
 
     def queue(self, rec, new: bool) -> None:
         snap = dataclasses.replace(rec, params=dict(rec.params))
@@ -165,48 +170,46 @@ def patch_write_behind() -> None:
         for s in stages:
             self.record_stage(s)
 
-    def update_execution(self, rec) -> None:
+    def update_execution(self, rec, **_ignored) -> None:  # e.g. flush=False: queued either way
         queue(self, rec, False)
 
+    def write_runs(self) -> None:
+        with self._buf_lock:
+            buf = self.__dict__.get("_exec_buf") or {}
+            self._exec_buf = {}
+        if not buf:
+            return
+        new = [r for r, is_new in buf.values() if is_new]
+        old = [r for r, is_new in buf.values() if not is_new]
+        try:
+            with self.transaction() as cur:
+                if new:
+                    cols = {c: [db_value(c, getattr(r, c)) for r in new] for c in EXEC_COLS}
+                    self._insert_arrow(
+                        cur, pa.table(cols), "INSERT INTO flexiroaster.executions", EXEC_COLS
+                    )
+                if old:
+                    cols = {c: [db_value(c, getattr(r, c)) for r in old] for c in EXEC_COLS}
+                    sets = ", ".join(f"{c} = _batch.{c}" for c in EXEC_COLS if c != "id")
+                    cur.register("_batch", pa.table(cols))
+                    try:
+                        self._exec(
+                            cur,
+                            f"UPDATE flexiroaster.executions SET {sets} FROM _batch"
+                            " WHERE executions.id = _batch.id",
+                        )
+                    finally:
+                        cur.unregister("_batch")
+        except Exception:
+            with self._buf_lock:  # put them back; newer states win
+                for k, v in buf.items():
+                    self._exec_buf.setdefault(k, v)
+            raise
+
     def flush(self) -> None:
-        with self._write_lock:  # executions first, then stages and logs, as before
-            with self._buf_lock:
-                buf = self.__dict__.get("_exec_buf") or {}
-                self._exec_buf = {}
-            if buf:
-                new = [r for r, is_new in buf.values() if is_new]
-                old = [r for r, is_new in buf.values() if not is_new]
-                try:
-                    with self.transaction() as cur:
-                        for rows, sql in (
-                            (new, "INSERT INTO flexiroaster.executions"),
-                            (old, None),
-                        ):
-                            if not rows:
-                                continue
-                            cols = {
-                                c: [db_value(c, getattr(r, c)) for r in rows] for c in EXEC_COLS
-                            }
-                            table = pa.table(cols)
-                            if sql:
-                                self._insert_arrow(cur, table, sql, EXEC_COLS)
-                                continue
-                            sets = ", ".join(f"{c} = _batch.{c}" for c in EXEC_COLS if c != "id")
-                            cur.register("_batch", table)
-                            try:
-                                self._exec(
-                                    cur,
-                                    f"UPDATE flexiroaster.executions SET {sets} FROM _batch"
-                                    " WHERE executions.id = _batch.id",
-                                )
-                            finally:
-                                cur.unregister("_batch")
-                except Exception:
-                    with self._buf_lock:
-                        for k, v in buf.items():
-                            self._exec_buf.setdefault(k, v)
-                    raise
-            orig_flush(self)
+        with getattr(self, "_flush_lock", None) or contextlib.nullcontext():
+            write_runs(self)
+            inner(self)
 
     def reading(method):
         def wrapper(self, *a, **kw):
@@ -294,11 +297,14 @@ def serve_variant(data_dir: Path, patches: list[str], phases: list, duration: fl
             while not server.started:
                 time.sleep(0.05)
             started = datetime.now(UTC)
+            sampler = bench.RssPeak(os.getpid())
             for name, targets, rate in phases:
+                sampler.take()
                 c0 = time.process_time()
                 out = bench.run_phase(url, targets, rate, duration, workers)
                 s = bench.summarize(name, out, rate)
                 s["server_cpu_ms_per_req"] = (time.process_time() - c0) * 1000 / s["requests"]
+                s["rss_peak_mb"] = sampler.take()
                 rows.append(s)
                 if len(targets) > 1:
                     rows.extend(bench.summarize(name, out, rate, t[0]) for t in targets)
@@ -368,7 +374,7 @@ def main() -> int:
         print("@@" + json.dumps(rows))
         return 0
 
-    print(f"api_latency_proposals: {bench.machine()}")
+    print(f"api_latency_proposals: {bench.machine()}; code {bench.revision()}")
     base = Path(tempfile.mkdtemp(prefix="flexi-api-prop-"))
     results = {}
     try:
@@ -399,6 +405,12 @@ def main() -> int:
             results[variant] = rows
             print(f"\n== {variant}")
             bench.print_table(rows)
+            print(
+                "   server RSS peak per phase: "
+                + ", ".join(
+                    f"{r['phase']} {r['rss_peak_mb']:.0f} MB" for r in rows if "rss_peak_mb" in r
+                )
+            )
             for r in rows:
                 if "drain_s" in r:
                     print(
