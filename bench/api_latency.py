@@ -122,8 +122,9 @@ def make_history(n: int, seed: int = 7):
     for i in range(n):
         name = picks[i]
         _, _, stage_defs, median, fail_rate = info[name]
-        rid = f"{rng.getrandbits(64):016x}"
         created = end - timedelta(seconds=rng.random() * span)
+        # the engine's run id format (flexiroaster.engine.new_run_id): time-ordered
+        rid = f"{int(created.timestamp() * 1000):012x}{rng.getrandbits(32):08x}"
         started = created + timedelta(seconds=rng.expovariate(1 / 0.2))
         trig = rng.choices(triggers, tweights)[0]
         u = rng.random()

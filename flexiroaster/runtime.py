@@ -33,6 +33,8 @@ class Runtime:
         self.started_at = time.time()
         self.meter = ProcessMeter()
         self.closed = False
+        # Parsed pipelines by id, with the stored version they came from: parsed once per save.
+        self._parsed: dict[str, tuple[PipelineRecord, Pipeline]] = {}
         if self.store.created:
             self.seed()
 
@@ -73,7 +75,13 @@ class Runtime:
 
     def get_pipeline(self, pipeline_id: str) -> LoadedPipeline:
         rec = self.store.get_pipeline(pipeline_id)
-        return LoadedPipeline(rec, load_pipeline_text(rec.spec_yaml, f"pipeline {pipeline_id}"))
+        hit = self._parsed.get(pipeline_id)
+        if hit is None or hit[0] is not rec:
+            hit = self._parsed[pipeline_id] = (
+                rec,
+                load_pipeline_text(rec.spec_yaml, f"pipeline {pipeline_id}"),
+            )
+        return LoadedPipeline(rec, hit[1])
 
     def trigger(
         self, pipeline_id: str, params: dict | None = None, trigger: str = "api"

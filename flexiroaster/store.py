@@ -72,7 +72,31 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX logs_execution ON flexiroaster.logs (execution_id);
     """,
+    # 2: point reads of a run's stages use an index instead of scanning every stage row
+    """
+    CREATE INDEX stage_executions_execution ON flexiroaster.stage_executions (execution_id);
+    """,
 ]
+
+
+_STAGE_KEY = ["execution_id", "stage_id"]
+
+
+def _run_cols(runs: list[ExecutionRecord]) -> dict[str, list]:
+    return {c: [db_value(c, getattr(r, c)) for r in runs] for c in EXEC_COLS}
+
+
+def _stage_cols(stages: list[StageRecord]) -> dict[str, list]:
+    cols = {c: [getattr(x, c) for x in stages] for c in STAGE_COLS}
+    cols["status"] = [str(v) for v in cols["status"]]
+    cols["metrics"] = [json.dumps(m, default=str) for m in cols["metrics"]]
+    return cols
+
+
+def _log_cols(logs: list[LogRecord]) -> dict[str, list]:
+    cols = {c: [getattr(r, c) for r in logs] for c in LOG_COLS}
+    cols["metadata"] = [json.dumps(m, default=str) if m else None for m in cols["metadata"]]
+    return cols
 
 
 def _locked_message(path: Path, exc: Exception) -> str:
@@ -109,8 +133,12 @@ class Store:
         self._log_id = self._exec(
             self._con, "SELECT coalesce(max(id), 0) FROM flexiroaster.logs"
         ).fetchall()[0][0]
-        self._stage_buf: dict[tuple[str, str], StageRecord] = {}
+        # Queued writes, newest state wins; the flag says the row is not in its table yet.
+        self._exec_buf: dict[str, tuple[ExecutionRecord, bool]] = {}
+        self._stage_buf: dict[tuple[str, str], tuple[StageRecord, bool]] = {}
         self._log_buf: list[LogRecord] = []
+        # Stored pipelines, read through: this store is their only writer.
+        self._pipelines: dict[str, PipelineRecord] = {}
         self._closed = threading.Event()
         self.recovered = self._recover()
         self._flush_interval = flush_interval
@@ -235,11 +263,14 @@ class Store:
             except Exception:  # keep flushing; the next flush retries the same rows
                 log.exception("store flush failed")
 
-    def record_stage(self, rec: StageRecord) -> None:
-        """Queue the latest state of a stage; written with the next flush."""
+    def record_stage(self, rec: StageRecord, *, new: bool = False) -> None:
+        """Queue the latest state of a stage; written with the next flush. `new`: its row is
+        not in the table yet (stages are created with their run by insert_execution)."""
         snap = replace(rec, metrics=dict(rec.metrics))
+        key = (rec.execution_id, rec.stage_id)
         with self._buf_lock:
-            self._stage_buf[(rec.execution_id, rec.stage_id)] = snap
+            queued = self._stage_buf.get(key)
+            self._stage_buf[key] = (snap, new or (queued is not None and queued[1]))
 
     def log(
         self,
@@ -255,101 +286,145 @@ class Store:
                 LogRecord(self._log_id, execution_id, stage_id, level, message, now(), metadata)
             )
 
-    def flush(self) -> None:
-        """Write queued stage states and log lines, one Arrow batch per table.
+    def flush(self, *, new_only: bool = False) -> None:
+        """Write every queued run row, stage state and log line in one transaction
+        (`new_only`: only rows not yet in their tables, the cheap part a trigger waits for).
 
         Held under one lock from taking the rows to committing them, so a caller that flushes
         before reading never returns while another thread's write of the same rows is open.
+        Callers that need their write durable call this, and so commit as a group: whoever
+        holds the lock writes what all the waiting callers queued.
         """
         with self._flush_lock:
-            self._flush()
+            self._flush(new_only)
 
-    def _flush(self) -> None:
-        import pyarrow as pa
+    def _pending(self) -> bool:
+        return bool(self._exec_buf or self._stage_buf or self._log_buf)
 
+    def _flush(self, new_only: bool = False) -> None:
         with self._buf_lock:
-            stages, self._stage_buf = list(self._stage_buf.values()), {}
-            logs, self._log_buf = self._log_buf, []
-        if not stages and not logs:
+            if new_only:
+                runs = {k: v for k, v in self._exec_buf.items() if v[1]}
+                stages = {k: v for k, v in self._stage_buf.items() if v[1]}
+                logs = []
+                for k in runs:
+                    del self._exec_buf[k]
+                for k in stages:
+                    del self._stage_buf[k]
+            else:
+                runs, self._exec_buf = self._exec_buf, {}
+                stages, self._stage_buf = self._stage_buf, {}
+                logs, self._log_buf = self._log_buf, []
+        if not runs and not stages and not logs:
             return
         try:
             with self.transaction() as cur:
-                if stages:
-                    cols = {c: [getattr(s, c) for s in stages] for c in STAGE_COLS}
-                    cols["status"] = [str(s) for s in cols["status"]]
-                    cols["metrics"] = [json.dumps(m, default=str) for m in cols["metrics"]]
-                    self._insert_arrow(
-                        cur,
-                        pa.table(cols),
-                        "INSERT OR REPLACE INTO flexiroaster.stage_executions",
-                        STAGE_COLS,
-                    )
-                if logs:
-                    cols = {c: [getattr(r, c) for r in logs] for c in LOG_COLS}
-                    cols["metadata"] = [
-                        json.dumps(m, default=str) if m else None for m in cols["metadata"]
-                    ]
-                    self._insert_arrow(
-                        cur, pa.table(cols), "INSERT INTO flexiroaster.logs", LOG_COLS
-                    )
+                new = [r for r, fresh in runs.values() if fresh]
+                old = [r for r, fresh in runs.values() if not fresh]
+                new_s = [r for r, fresh in stages.values() if fresh]
+                old_s = [r for r, fresh in stages.values() if not fresh]
+                self._insert(cur, "executions", _run_cols(new))
+                self._update(cur, "executions", _run_cols(old), ["id"])
+                self._insert(cur, "stage_executions", _stage_cols(new_s))
+                self._update(cur, "stage_executions", _stage_cols(old_s), _STAGE_KEY)
+                self._insert(cur, "logs", _log_cols(logs))
         except Exception:
             with self._buf_lock:  # put them back so nothing is lost; newer states win
-                for s in stages:
-                    self._stage_buf.setdefault((s.execution_id, s.stage_id), s)
+                for key, (rec, fresh) in runs.items():
+                    later = self._exec_buf.get(key)
+                    self._exec_buf[key] = (later[0] if later else rec, fresh)
+                for key, (rec, fresh) in stages.items():
+                    later = self._stage_buf.get(key)
+                    self._stage_buf[key] = (later[0] if later else rec, fresh)
                 self._log_buf[:0] = logs
             raise
 
-    def _insert_arrow(self, cur, table, insert: str, cols: list[str]) -> None:
-        cur.register("_batch", table)
+    # Up to this many rows go in as one parameterised statement; more as an Arrow batch
+    # (a one-row Arrow insert costs twice a plain one, a 1,000-row one a tenth of it).
+    _SMALL = 16
+
+    def _insert(self, cur, name: str, cols: dict[str, list]) -> None:
+        n = len(next(iter(cols.values())))
+        if not n:
+            return
+        names = ", ".join(cols)
+        if n <= self._SMALL:
+            row = f"({', '.join('?' for _ in cols)})"
+            args = [v for i in range(n) for v in (col[i] for col in cols.values())]
+            self._exec(
+                cur,
+                f"INSERT INTO flexiroaster.{name} ({names}) VALUES {', '.join([row] * n)}",
+                args,
+            )
+            return
+        import pyarrow as pa
+
+        cur.register("_batch", pa.table(cols))
         try:
-            names = ", ".join(cols)
-            self._exec(cur, f"{insert} ({names}) SELECT {names} FROM _batch")
+            self._exec(cur, f"INSERT INTO flexiroaster.{name} ({names}) SELECT {names} FROM _batch")
         finally:
             cur.unregister("_batch")
+
+    def _update(self, cur, name: str, cols: dict[str, list], keys: list[str]) -> None:
+        """UPDATE rows by key. A missing row fails the flush (and so rolls it back): a state
+        was recorded for a row that was never created."""
+        n = len(next(iter(cols.values())))
+        if not n:
+            return
+        if n == 1:
+            sets = ", ".join(f"{c} = ?" for c in cols if c not in keys)
+            on = " AND ".join(f"{k} = ?" for k in keys)
+            args = [v[0] for c, v in cols.items() if c not in keys] + [cols[k][0] for k in keys]
+            sql = f"UPDATE flexiroaster.{name} SET {sets} WHERE {on}"
+            changed = self._exec(cur, sql, args).fetchall()[0][0]
+        else:
+            import pyarrow as pa
+
+            sets = ", ".join(f"{c} = _batch.{c}" for c in cols if c not in keys)
+            on = " AND ".join(f"t.{k} = _batch.{k}" for k in keys)
+            cur.register("_batch", pa.table(cols))
+            try:
+                sql = f"UPDATE flexiroaster.{name} AS t SET {sets} FROM _batch WHERE {on}"
+                changed = self._exec(cur, sql).fetchall()[0][0]
+            finally:
+                cur.unregister("_batch")
+        if changed != n:
+            raise FlexiError(f"store: {n - changed} of {n} {name} row(s) to update do not exist")
 
     # --- executions -----------------------------------------------------------------------
 
     def insert_execution(self, rec: ExecutionRecord, stages: list[StageRecord]) -> None:
-        with self.transaction() as cur:
-            self._exec(
-                cur,
-                f"INSERT INTO flexiroaster.executions ({', '.join(EXEC_COLS)})"
-                f" VALUES ({', '.join('?' for _ in EXEC_COLS)})",
-                [db_value(c, getattr(rec, c)) for c in EXEC_COLS],
-            )
+        """Record a new run and its stages, durably: returns once they are committed (with
+        whatever else was queued, so concurrent triggers share one commit)."""
+        self._queue_run(rec, new=True)
         for s in stages:
-            self.record_stage(s)
+            self.record_stage(s, new=True)
+        self.flush(new_only=True)
+
+    def _queue_run(self, rec: ExecutionRecord, *, new: bool) -> None:
+        snap = replace(rec, params=dict(rec.params))
+        with self._buf_lock:
+            queued = self._exec_buf.get(rec.id)
+            self._exec_buf[rec.id] = (snap, new or (queued is not None and queued[1]))
 
     def import_executions(self, runs: list[ExecutionRecord], stages: list[StageRecord]) -> None:
         """Write many finished runs and their stages at once (history imports, benchmarks)."""
-        import pyarrow as pa
-
-        ecols = {c: [db_value(c, getattr(r, c)) for r in runs] for c in EXEC_COLS}
-        scols = {c: [getattr(x, c) for x in stages] for c in STAGE_COLS}
-        scols["status"] = [str(v) for v in scols["status"]]
-        scols["metrics"] = [json.dumps(m, default=str) for m in scols["metrics"]]
         with self.transaction() as cur:
-            self._insert_arrow(
-                cur, pa.table(ecols), "INSERT INTO flexiroaster.executions", EXEC_COLS
-            )
-            if stages:
-                self._insert_arrow(
-                    cur, pa.table(scols), "INSERT INTO flexiroaster.stage_executions", STAGE_COLS
-                )
+            self._insert(cur, "executions", _run_cols(runs))
+            self._insert(cur, "stage_executions", _stage_cols(stages))
 
-    def update_execution(self, rec: ExecutionRecord, *, flush: bool = True) -> None:
-        """Write the run's row; stage states queued before it are flushed first (`flush`)."""
-        if flush:
+    def update_execution(self, rec: ExecutionRecord, *, wait: bool = False) -> None:
+        """Queue the run's new state; `wait`: return once it, and everything queued before it
+        (its stage states and log lines included), is committed."""
+        self._queue_run(rec, new=False)
+        if wait:
             self.flush()
-        cols = [c for c in EXEC_COLS if c != "id"]
-        with self.transaction() as cur:
-            self._exec(
-                cur,
-                f"UPDATE flexiroaster.executions SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
-                [db_value(c, getattr(rec, c)) for c in cols] + [rec.id],
-            )
 
     def get_execution(self, execution_id: str) -> ExecutionRecord:
+        """The stored run; a state still queued is committed first, so what is returned is
+        what a crash would leave."""
+        if execution_id in self._exec_buf:
+            self.flush()
         rows = self._select("executions", "id = ?", [execution_id])
         if not rows:
             raise NotFound(f"no execution {execution_id!r}")
@@ -377,24 +452,57 @@ class Store:
                 where.append(cond)
                 args.append(value)
         cond = " AND ".join(where)
+        if self._exec_buf:
+            self.flush()
         cur = self.cursor()
-        total = self._exec(
-            cur, f"SELECT count(*) FROM flexiroaster.executions WHERE {cond}", args
-        ).fetchall()[0][0]
+        total, lo, hi = self._exec(
+            cur,
+            "SELECT count(*), min(created_at), max(created_at) FROM flexiroaster.executions"
+            f" WHERE {cond}",
+            args,
+        ).fetchall()[0]
+        if not total or offset >= total:
+            return [], total
+        # A live store holds runs in creation order, the worst case for a newest-first top-N
+        # (every row scanned beats the heap). So first narrow to a created_at window that holds
+        # the newest offset+limit rows: guess twice their share of the time span, check with a
+        # count, widen until it does. Exact: every wanted row is at or after the cutoff.
+        want = offset + limit
+        share = min(1.0, 2.0 * want / total)
+        cutoff = lo
+        while share < 1.0:
+            cutoff = hi - (hi - lo) * share
+            n = self._exec(
+                cur,
+                f"SELECT count(*) FROM flexiroaster.executions WHERE {cond} AND created_at >= ?",
+                [*args, cutoff],
+            ).fetchall()[0][0]
+            if n >= want:
+                break
+            share, cutoff = share * 4, lo
+        # spec_yaml is left out: no list shows it, and it is most of a row's bytes.
         rows = self._select(
-            "executions", cond, args, order="created_at DESC, id DESC", limit=limit, offset=offset
+            "executions",
+            f"{cond} AND created_at >= ?",
+            [*args, cutoff],
+            order="created_at DESC, id DESC",
+            limit=limit,
+            offset=offset,
+            exclude="spec_yaml",
         )
         return [execution_from_row(r) for r in rows], total
 
     def get_stages(self, execution_id: str) -> list[StageRecord]:
-        self.flush()
+        if self._pending():
+            self.flush()
         rows = self._select(
             "stage_executions", "execution_id = ?", [execution_id], order="position"
         )
         return [stage_from_row(r) for r in rows]
 
     def get_logs(self, execution_id: str, *, after: int = 0, limit: int = 1000) -> list[LogRecord]:
-        self.flush()
+        if self._pending():
+            self.flush()
         rows = self._select(
             "logs", "execution_id = ? AND id > ?", [execution_id, after], order="id", limit=limit
         )
@@ -405,6 +513,8 @@ class Store:
 
     def query(self, sql: str, params: list | None = None) -> list[tuple]:
         """Read-only helper for other modules' reports; `flexiroaster.` names the metadata schema."""
+        if self._pending():
+            self.flush()
         return self._exec(self.cursor(), sql, params).fetchall()
 
     # --- pipelines ------------------------------------------------------------------------
@@ -414,6 +524,15 @@ class Store:
     ) -> PipelineRecord:
         """Store a pipeline's text as its next version (version 1 when new)."""
         at = now()
+        with self._write_lock:  # saves and deletes update the in-memory copy in commit order
+            rec = self._save_pipeline(pipeline_id, name, description, spec_yaml, at)
+            with self._buf_lock:
+                self._pipelines[pipeline_id] = rec
+        return rec
+
+    def _save_pipeline(
+        self, pipeline_id: str, name: str, description: str, spec_yaml: str, at: datetime
+    ) -> PipelineRecord:
         with self.transaction() as cur:
             found = self._exec(
                 cur,
@@ -434,13 +553,26 @@ class Store:
         return PipelineRecord(pipeline_id, name, description, version, spec_yaml, created, at)
 
     def has_pipeline(self, pipeline_id: str) -> bool:
-        return bool(self._select("pipelines", "id = ?", [pipeline_id]))
+        try:
+            self.get_pipeline(pipeline_id)
+        except NotFound:
+            return False
+        return True
 
     def get_pipeline(self, pipeline_id: str) -> PipelineRecord:
-        found = self._select("pipelines", "id = ?", [pipeline_id])
-        if not found:
-            raise NotFound(f"no pipeline {pipeline_id!r}")
-        return PipelineRecord(**found[0])
+        """The stored pipeline (from memory after the first read: only this store writes it)."""
+        with self._buf_lock:
+            rec = self._pipelines.get(pipeline_id)
+        if rec is not None:
+            return rec
+        with self._write_lock:  # not interleaved with a save or delete of the same pipeline
+            found = self._select("pipelines", "id = ?", [pipeline_id])
+            if not found:
+                raise NotFound(f"no pipeline {pipeline_id!r}")
+            rec = PipelineRecord(**found[0])
+            with self._buf_lock:
+                self._pipelines[pipeline_id] = rec
+        return rec
 
     def list_pipelines(
         self, *, limit: int = 100, offset: int = 0
@@ -469,6 +601,8 @@ class Store:
                 [pipeline_id],
             )
             self._exec(cur, "DELETE FROM flexiroaster.pipelines WHERE id = ?", [pipeline_id])
+            with self._buf_lock:
+                self._pipelines.pop(pipeline_id, None)
 
     def _select(
         self,
@@ -479,8 +613,10 @@ class Store:
         order: str | None = None,
         limit: int | None = None,
         offset: int = 0,
+        exclude: str | None = None,
     ) -> list[dict[str, Any]]:
-        sql = f"SELECT * FROM flexiroaster.{table} WHERE {where}"
+        cols = f"* EXCLUDE ({exclude})" if exclude else "*"
+        sql = f"SELECT {cols} FROM flexiroaster.{table} WHERE {where}"
         if order:
             sql += f" ORDER BY {order}"
         if limit is not None:

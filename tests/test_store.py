@@ -12,7 +12,7 @@ import time
 import pytest
 
 from flexiroaster.states import RunStatus, StageStatus
-from flexiroaster.store import RECOVERY_REASON, Store
+from flexiroaster.store import MIGRATIONS, RECOVERY_REASON, Store
 
 from .conftest import pipeline, rows
 
@@ -26,7 +26,47 @@ def test_migrations_apply_once(settings):
     s.close()
     s = Store(settings.store_file)
     try:
-        assert rows(s, f"select version from {s.meta}.schema_version") == [(1,)]
+        assert rows(s, f"select version from {s.meta}.schema_version order by 1") == [
+            (n,) for n in range(1, len(MIGRATIONS) + 1)
+        ]
+    finally:
+        s.close()
+
+
+def test_an_older_store_is_migrated_and_keeps_its_runs(settings):
+    """A store written at schema version 1 (before the stage index) opens, is upgraded, and
+    its history is intact."""
+    import re
+
+    import duckdb
+
+    con = duckdb.connect(str(settings.store_file))
+    meta = f'"{settings.store_file.stem}".flexiroaster'
+
+    def run(sql: str) -> None:
+        con.execute(re.sub(r"\bflexiroaster\.", meta + ".", sql))
+
+    con.execute(f"CREATE SCHEMA {meta}")
+    run(
+        "CREATE TABLE flexiroaster.schema_version (version INTEGER PRIMARY KEY,"
+        " applied_at TIMESTAMPTZ NOT NULL)"
+    )
+    run(MIGRATIONS[0])
+    run("INSERT INTO flexiroaster.schema_version VALUES (1, now())")
+    run(
+        "INSERT INTO flexiroaster.executions (id, pipeline_id, status, trigger, created_at,"
+        " total_stages) VALUES ('old-run', 'p', 'completed', 'manual', now(), 0)"
+    )
+    con.close()
+    s = Store(settings.store_file)
+    try:
+        assert not s.created
+        assert s.get_execution("old-run").status == RunStatus.COMPLETED
+        assert rows(s, f"select max(version) from {s.meta}.schema_version") == [(len(MIGRATIONS),)]
+        indexes = rows(
+            s, "select index_name from duckdb_indexes() where table_name = 'stage_executions'"
+        )
+        assert ("stage_executions_execution",) in indexes
     finally:
         s.close()
 
@@ -137,3 +177,76 @@ def test_sigkill_mid_write_keeps_the_old_table_and_marks_the_run_failed(data_dir
         assert rows(s, "select k, v from target order by k") == [(k, "old") for k in range(5)]
     finally:
         s.close()
+
+
+def test_list_pages_match_a_plain_newest_first_query(store):
+    """The list narrows to a created_at window before its top-N; pages must be exactly what a
+    plain ORDER BY ... LIMIT OFFSET returns, ties, filters and deep offsets included."""
+    import random
+    from datetime import timedelta
+
+    from flexiroaster.records import ExecutionRecord, now
+
+    rnd = random.Random(7)
+    start = now() - timedelta(days=30)
+    runs = []
+    for i in range(3000):
+        # creation order, bursts of equal timestamps, one pipeline only in the far past
+        at = start + timedelta(seconds=(i // 3) * rnd.choice([1, 1, 60, 3600]) / 10)
+        runs.append(
+            ExecutionRecord(
+                id=f"r{i:05d}",
+                pipeline_id="rare" if i < 40 else rnd.choice(["a", "b"]),
+                pipeline_version="1",
+                status=rnd.choice([RunStatus.COMPLETED, RunStatus.FAILED]),
+                trigger="manual",
+                params={},
+                created_at=at,
+                total_stages=0,
+                spec_yaml="stages: []",
+            )
+        )
+    store.import_executions(runs, [])
+    for filters in ({}, {"pipeline_id": "rare"}, {"pipeline_id": "a", "status": "failed"}):
+        expected = [
+            r
+            for r in sorted(runs, key=lambda r: (r.created_at, r.id), reverse=True)
+            if all(str(getattr(r, k)) == v for k, v in filters.items())
+        ]
+        for limit, offset in ((50, 0), (7, 13), (100, 900), (50, len(expected) - 3), (5, 5000)):
+            page, total = store.list_executions(limit=limit, offset=offset, **filters)
+            assert total == len(expected)
+            assert [r.id for r in page] == [r.id for r in expected[offset : offset + limit]], (
+                filters,
+                limit,
+                offset,
+            )
+            assert all(r.spec_yaml is None for r in page)  # lists leave the spec out
+    assert store.get_execution("r00000").spec_yaml == "stages: []"
+
+
+def test_a_trigger_is_durable_before_it_returns(store, engine):
+    """prepare() commits the run row and its stages (a group commit), so a run the API
+    accepted survives a crash right after the 202."""
+    p = pipeline(
+        """
+        name: durable
+        stages:
+          - {id: a, type: sql, config: {query: select 1 as x}}
+        """
+    )
+    run = engine.prepare(p)
+    got = store._exec(
+        store.new_cursor(),
+        "SELECT status FROM flexiroaster.executions WHERE id = ?",
+        [run.record.id],
+    ).fetchall()
+    assert got == [("pending",)]
+    staged = store._exec(
+        store.new_cursor(),
+        "SELECT count(*) FROM flexiroaster.stage_executions WHERE execution_id = ?",
+        [run.record.id],
+    ).fetchall()
+    assert staged == [(1,)]
+    engine.execute(run)
+    assert store.get_execution(run.record.id).status == RunStatus.COMPLETED

@@ -23,7 +23,8 @@ class Unauthorized(FlexiError):
     code = "unauthorized"
 
 
-def runtime(request: Request) -> Runtime:
+async def runtime(request: Request) -> Runtime:
+    """Async: it only reads app state, so it needs no thread-pool hop."""
     return request.app.state.runtime
 
 
