@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -89,13 +90,28 @@ class Engine:
         """Start a run on its own coordinator thread, or queue it (pending) while its pipeline
         already has `max_active_runs` runs going. Returns the pending record at once."""
         run = self.prepare(pipeline, params, **kw)
-        with self._lock:
-            busy = sum(1 for r in self._running.values() if r.pipeline.name == pipeline.name)
-            if busy >= pipeline.max_active_runs:
-                self._queue.append(run)
-                return run.record
-            self._start(run)
+        self._start_or_queue(run)
         return run.record
+
+    async def submit_async(
+        self, pipeline: Pipeline, params: dict[str, Any] | None = None, **kw: Any
+    ) -> ExecutionRecord:
+        """submit() for an event loop: waits for the run's row to be committed without holding
+        a thread (the API's trigger)."""
+        run, written = self._prepare(pipeline, params, **kw)
+        await asyncio.wrap_future(written)
+        self._register(run)
+        self._start_or_queue(run)
+        return run.record
+
+    def _start_or_queue(self, run: _Run) -> None:
+        with self._lock:
+            name = run.pipeline.name
+            busy = sum(1 for r in self._running.values() if r.pipeline.name == name)
+            if busy >= run.pipeline.max_active_runs:
+                self._queue.append(run)
+            else:
+                self._start(run)
 
     def _start(self, run: _Run, *, takes_slot: bool = True) -> None:
         """Start a run's coordinator thread; the caller holds the lock."""
@@ -110,7 +126,18 @@ class Engine:
         with self._lock:
             return len(self._queue)
 
-    def prepare(
+    def prepare(self, pipeline: Pipeline, params: dict[str, Any] | None = None, **kw: Any) -> _Run:
+        """Create a run (pending, committed to the store) ready for execute()."""
+        run, written = self._prepare(pipeline, params, **kw)
+        written.result()
+        self._register(run)
+        return run
+
+    def _register(self, run: _Run) -> None:
+        with self._lock:
+            self._active[run.record.id] = run
+
+    def _prepare(
         self,
         pipeline: Pipeline,
         params: dict[str, Any] | None = None,
@@ -119,7 +146,7 @@ class Engine:
         listener: Listener | None = None,
         retry_of: ExecutionRecord | None = None,
         run_id: str | None = None,
-    ) -> _Run:
+    ) -> tuple[_Run, Future[None]]:
         params = dict(params or {})
         check_placeholders(pipeline, f"pipeline {pipeline.name}", None, params)
         run_id = run_id or new_run_id()
@@ -152,10 +179,7 @@ class Engine:
         run = _Run(pipeline, record, stages, scope, f'scratch."r_{run_id}"', listener)
         if retry_of is not None:
             self._plan_reuse(run, retry_of)
-        self.store.insert_execution(record, list(stages.values()))
-        with self._lock:
-            self._active[run_id] = run
-        return run
+        return run, self.store.insert_execution_async(record, list(stages.values()))
 
     def retry(self, execution_id: str, **kw: Any) -> ExecutionRecord:
         """Re-run a failed or cancelled run from where it stopped, reusing completed stages."""

@@ -89,6 +89,13 @@ class Runtime:
         loaded = self.get_pipeline(pipeline_id)
         return self.engine.submit(loaded.pipeline, params or {}, trigger=trigger)
 
+    async def trigger_async(
+        self, pipeline_id: str, params: dict | None = None, trigger: str = "api"
+    ) -> ExecutionRecord:
+        """trigger() for the API's event loop: no thread is held while the run is committed."""
+        loaded = self.get_pipeline(pipeline_id)
+        return await self.engine.submit_async(loaded.pipeline, params or {}, trigger=trigger)
+
     def active_runs(self, pipeline_id: str | None = None) -> list[str]:
         ids = self.engine.active()
         if pipeline_id is None:

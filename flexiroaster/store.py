@@ -6,7 +6,8 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -82,15 +83,20 @@ MIGRATIONS: list[str] = [
 _STAGE_KEY = ["execution_id", "stage_id"]
 
 
-def _run_cols(runs: list[ExecutionRecord]) -> dict[str, list]:
-    return {c: [db_value(c, getattr(r, c)) for r in runs] for c in EXEC_COLS}
+# What changes after a row is created (updates write only these, and the key).
+RUN_STATE = ["id", "status", "started_at", "completed_at", "error", "stages_completed"]
+STAGE_STATE = [c for c in STAGE_COLS if c not in ("stage_type", "position")]
 
 
-def _stage_cols(stages: list[StageRecord]) -> dict[str, list]:
-    cols = {c: [getattr(x, c) for x in stages] for c in STAGE_COLS}
-    cols["status"] = [str(v) for v in cols["status"]]
-    cols["metrics"] = [json.dumps(m, default=str) for m in cols["metrics"]]
-    return cols
+def _run_cols(runs: Iterable[ExecutionRecord], cols: list[str] = EXEC_COLS) -> dict[str, list]:
+    return {c: [db_value(c, getattr(r, c)) for r in runs] for c in cols}
+
+
+def _stage_cols(stages: Iterable[StageRecord], cols: list[str] = STAGE_COLS) -> dict[str, list]:
+    out = {c: [getattr(x, c) for x in stages] for c in cols}
+    out["status"] = [str(v) for v in out["status"]]
+    out["metrics"] = [json.dumps(m, default=str) for m in out["metrics"]]
+    return out
 
 
 def _log_cols(logs: list[LogRecord]) -> dict[str, list]:
@@ -124,6 +130,8 @@ class Store:
         self._thread_cursors: list[duckdb.DuckDBPyConnection] = []
         self._buf_lock = threading.Lock()
         self._flush_lock = threading.Lock()
+        self._new_ready = threading.Condition()
+        self._new_runs: list[tuple[ExecutionRecord, list[StageRecord], Future[None]]] = []
         self._write_lock = threading.RLock()
         self.catalog = self._con.sql("SELECT current_database()").fetchall()[0][0]
         # Fully qualified: a store file named flexiroaster.duckdb makes `flexiroaster.x` ambiguous.
@@ -133,9 +141,9 @@ class Store:
         self._log_id = self._exec(
             self._con, "SELECT coalesce(max(id), 0) FROM flexiroaster.logs"
         ).fetchall()[0][0]
-        # Queued writes, newest state wins; the flag says the row is not in its table yet.
-        self._exec_buf: dict[str, tuple[ExecutionRecord, bool]] = {}
-        self._stage_buf: dict[tuple[str, str], tuple[StageRecord, bool]] = {}
+        # Queued state changes of rows already written; the newest state wins.
+        self._exec_buf: dict[str, ExecutionRecord] = {}
+        self._stage_buf: dict[tuple[str, str], StageRecord] = {}
         self._log_buf: list[LogRecord] = []
         # Stored pipelines, read through: this store is their only writer.
         self._pipelines: dict[str, PipelineRecord] = {}
@@ -144,6 +152,10 @@ class Store:
         self._flush_interval = flush_interval
         self._flusher = threading.Thread(target=self._flush_loop, name="store-flush", daemon=True)
         self._flusher.start()
+        self._inserter = threading.Thread(
+            target=self._insert_loop, name="store-insert", daemon=True
+        )
+        self._inserter.start()
 
     # --- connection plumbing -------------------------------------------------------------
 
@@ -241,6 +253,9 @@ class Store:
         if self._closed.is_set():
             return
         self._closed.set()
+        with self._new_ready:
+            self._new_ready.notify()
+        self._inserter.join(timeout=5)
         self._flusher.join(timeout=5)
         self.flush()
         # Close every per-thread cursor here, in this thread: one left to the interpreter's
@@ -263,14 +278,11 @@ class Store:
             except Exception:  # keep flushing; the next flush retries the same rows
                 log.exception("store flush failed")
 
-    def record_stage(self, rec: StageRecord, *, new: bool = False) -> None:
-        """Queue the latest state of a stage; written with the next flush. `new`: its row is
-        not in the table yet (stages are created with their run by insert_execution)."""
+    def record_stage(self, rec: StageRecord) -> None:
+        """Queue the latest state of a stage; written with the next flush."""
         snap = replace(rec, metrics=dict(rec.metrics))
-        key = (rec.execution_id, rec.stage_id)
         with self._buf_lock:
-            queued = self._stage_buf.get(key)
-            self._stage_buf[key] = (snap, new or (queued is not None and queued[1]))
+            self._stage_buf[(rec.execution_id, rec.stage_id)] = snap
 
     def log(
         self,
@@ -286,58 +298,72 @@ class Store:
                 LogRecord(self._log_id, execution_id, stage_id, level, message, now(), metadata)
             )
 
-    def flush(self, *, new_only: bool = False) -> None:
-        """Write every queued run row, stage state and log line in one transaction
-        (`new_only`: only rows not yet in their tables, the cheap part a trigger waits for).
+    def flush(self) -> None:
+        """Write queued state changes (run and stage rows) and log lines in one transaction.
 
         Held under one lock from taking the rows to committing them, so a caller that flushes
         before reading never returns while another thread's write of the same rows is open.
-        Callers that need their write durable call this, and so commit as a group: whoever
-        holds the lock writes what all the waiting callers queued.
+        New runs are not written here but by the insert writer (see insert_execution_async);
+        no change to a row is queued before its insert has committed.
         """
         with self._flush_lock:
-            self._flush(new_only)
+            self._flush()
 
     def _pending(self) -> bool:
         return bool(self._exec_buf or self._stage_buf or self._log_buf)
 
-    def _flush(self, new_only: bool = False) -> None:
+    def _flush(self) -> None:
         with self._buf_lock:
-            if new_only:
-                runs = {k: v for k, v in self._exec_buf.items() if v[1]}
-                stages = {k: v for k, v in self._stage_buf.items() if v[1]}
-                logs = []
-                for k in runs:
-                    del self._exec_buf[k]
-                for k in stages:
-                    del self._stage_buf[k]
-            else:
-                runs, self._exec_buf = self._exec_buf, {}
-                stages, self._stage_buf = self._stage_buf, {}
-                logs, self._log_buf = self._log_buf, []
+            runs, self._exec_buf = self._exec_buf, {}
+            stages, self._stage_buf = self._stage_buf, {}
+            logs, self._log_buf = self._log_buf, []
         if not runs and not stages and not logs:
             return
         try:
             with self.transaction() as cur:
-                new = [r for r, fresh in runs.values() if fresh]
-                old = [r for r, fresh in runs.values() if not fresh]
-                new_s = [r for r, fresh in stages.values() if fresh]
-                old_s = [r for r, fresh in stages.values() if not fresh]
-                self._insert(cur, "executions", _run_cols(new))
-                self._update(cur, "executions", _run_cols(old), ["id"])
-                self._insert(cur, "stage_executions", _stage_cols(new_s))
-                self._update(cur, "stage_executions", _stage_cols(old_s), _STAGE_KEY)
+                # Only the columns that change after a row is created.
+                self._update(cur, "executions", _run_cols(runs.values(), RUN_STATE), ["id"])
+                self._update(
+                    cur, "stage_executions", _stage_cols(stages.values(), STAGE_STATE), _STAGE_KEY
+                )
                 self._insert(cur, "logs", _log_cols(logs))
         except Exception:
             with self._buf_lock:  # put them back so nothing is lost; newer states win
-                for key, (rec, fresh) in runs.items():
-                    later = self._exec_buf.get(key)
-                    self._exec_buf[key] = (later[0] if later else rec, fresh)
-                for key, (rec, fresh) in stages.items():
-                    later = self._stage_buf.get(key)
-                    self._stage_buf[key] = (later[0] if later else rec, fresh)
+                for key, rec in runs.items():
+                    self._exec_buf.setdefault(key, rec)
+                for key, rec in stages.items():
+                    self._stage_buf.setdefault(key, rec)
                 self._log_buf[:0] = logs
             raise
+
+    def _insert_loop(self) -> None:
+        """The insert writer: new runs queued by any thread go in together, one commit for all
+        of them, and each waiting caller's future is resolved with the outcome."""
+        while True:
+            with self._new_ready:
+                while not self._new_runs and not self._closed.is_set():
+                    self._new_ready.wait()
+                batch, self._new_runs = self._new_runs, []
+            if not batch:
+                return  # closed and drained
+            try:
+                runs = [run for run, _stages, _fut in batch]
+                stages = [s for _run, st, _fut in batch for s in st]
+                cur = self.cursor()
+                self._exec(cur, "BEGIN")
+                try:
+                    self._insert(cur, "executions", _run_cols(runs))
+                    self._insert(cur, "stage_executions", _stage_cols(stages))
+                except BaseException:
+                    self._exec(cur, "ROLLBACK")
+                    raise
+                self._exec(cur, "COMMIT")
+            except Exception as exc:  # every caller in the batch is told; none is written
+                for _run, _stages, fut in batch:
+                    fut.set_exception(exc)
+            else:
+                for _run, _stages, fut in batch:
+                    fut.set_result(None)
 
     # Up to this many rows go in as one parameterised statement; more as an Arrow batch
     # (a one-row Arrow insert costs twice a plain one, a 1,000-row one a tenth of it).
@@ -394,18 +420,25 @@ class Store:
     # --- executions -----------------------------------------------------------------------
 
     def insert_execution(self, rec: ExecutionRecord, stages: list[StageRecord]) -> None:
-        """Record a new run and its stages, durably: returns once they are committed (with
-        whatever else was queued, so concurrent triggers share one commit)."""
-        self._queue_run(rec, new=True)
-        for s in stages:
-            self.record_stage(s, new=True)
-        self.flush(new_only=True)
+        """Record a new run and its stages, durably: returns once they are committed."""
+        self.insert_execution_async(rec, stages).result()
 
-    def _queue_run(self, rec: ExecutionRecord, *, new: bool) -> None:
+    def insert_execution_async(
+        self, rec: ExecutionRecord, stages: list[StageRecord]
+    ) -> Future[None]:
+        """Queue a new run and its stages for the insert writer; the future resolves once they
+        are committed (with the other runs queued meanwhile: concurrent triggers share one
+        commit, and they do not wait behind the batch of state changes, which touch other rows).
+        """
+        fut: Future[None] = Future()
         snap = replace(rec, params=dict(rec.params))
-        with self._buf_lock:
-            queued = self._exec_buf.get(rec.id)
-            self._exec_buf[rec.id] = (snap, new or (queued is not None and queued[1]))
+        stage_snaps = [replace(s, metrics=dict(s.metrics)) for s in stages]
+        with self._new_ready:
+            if self._closed.is_set():
+                raise FlexiError("the store is closed")
+            self._new_runs.append((snap, stage_snaps, fut))
+            self._new_ready.notify()
+        return fut
 
     def import_executions(self, runs: list[ExecutionRecord], stages: list[StageRecord]) -> None:
         """Write many finished runs and their stages at once (history imports, benchmarks)."""
@@ -416,7 +449,9 @@ class Store:
     def update_execution(self, rec: ExecutionRecord, *, wait: bool = False) -> None:
         """Queue the run's new state; `wait`: return once it, and everything queued before it
         (its stage states and log lines included), is committed."""
-        self._queue_run(rec, new=False)
+        snap = replace(rec, params=dict(rec.params))
+        with self._buf_lock:
+            self._exec_buf[rec.id] = snap
         if wait:
             self.flush()
 

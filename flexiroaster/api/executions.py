@@ -40,10 +40,11 @@ def _fresh(rt: Runtime, rec: ExecutionRecord) -> ExecutionRecord:
     responses=documented(400, 401, 404, 413, 422),
     dependencies=[Depends(require_token)],
 )
-def trigger(body: TriggerIn, rt: Runtime = Depends(runtime)) -> ExecutionOut:
+async def trigger(body: TriggerIn, rt: Runtime = Depends(runtime)) -> ExecutionOut:
     """Start a run of a stored pipeline with parameters; it is queued while the pipeline is at
-    its `max_active_runs`."""
-    return ExecutionOut.of(rt.trigger(body.pipeline_id, body.params, trigger="api"))
+    its `max_active_runs`. Answers once the run is committed to the store."""
+    # On the event loop: everything here is in memory except the commit, which is awaited.
+    return ExecutionOut.of(await rt.trigger_async(body.pipeline_id, body.params, trigger="api"))
 
 
 @router.get("", response_model=ExecutionList, responses=documented(422))
