@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,8 @@ class Engine:
         self._running: dict[str, _Run] = {}  # runs started with submit() and still going
         self._queue: list[_Run] = []  # submitted runs waiting for their pipeline's slot
         self._lock = threading.Lock()
+        # Called with each finished run's record, after it is recorded (event schedules).
+        self.on_finish: list[Callable[[ExecutionRecord], None]] = []
 
     # --- public API -------------------------------------------------------------------------
 
@@ -146,6 +149,7 @@ class Engine:
         listener: Listener | None = None,
         retry_of: ExecutionRecord | None = None,
         run_id: str | None = None,
+        scheduled_for: datetime | None = None,
     ) -> tuple[_Run, Future[None]]:
         params = dict(params or {})
         check_placeholders(pipeline, f"pipeline {pipeline.name}", None, params)
@@ -163,13 +167,15 @@ class Engine:
             retry_of=retry_of.id if retry_of else None,
             pid=os.getpid(),
             spec_yaml=pipeline_to_yaml(pipeline),
+            scheduled_for=scheduled_for,
         )
         stages = {s.id: StageRecord(run_id, s.id, s.type, i) for i, s in enumerate(pipeline.stages)}
         # Run parameters win over variables and over the date builtins (a backfill passes
         # its own run_date); run_id and pipeline always name this run.
         scope = {
-            "run_date": created.date().isoformat(),
-            "run_ts": created.isoformat(),
+            # A scheduled run stands for its fire time (a catch-up run for a past day).
+            "run_date": (scheduled_for or created).date().isoformat(),
+            "run_ts": (scheduled_for or created).isoformat(),
             "data_dir": str(self.settings.data_dir),
             **pipeline.variables,
             **params,
@@ -508,6 +514,11 @@ class Engine:
                 self._start_next(run.pipeline.name)
         run.done.set()
         self._emit(run, "run_finished")
+        for callback in list(self.on_finish):
+            try:
+                callback(rec)
+            except Exception:  # a subscriber's trouble never breaks the engine
+                log.exception("run-finished callback failed for run %s", rec.id)
 
     def _start_next(self, pipeline_name: str) -> None:
         """A slot of `pipeline_name` freed: start its oldest queued run. The caller holds the lock."""

@@ -51,6 +51,7 @@ class ExecutionRecord:
     retry_of: str | None = None
     pid: int | None = None
     spec_yaml: str | None = None
+    scheduled_for: datetime | None = None  # the fire time a scheduled run stands for
 
     @property
     def duration(self) -> float | None:

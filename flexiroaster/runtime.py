@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from .engine import Engine
 from .errors import Conflict, FlexiError
 from .metrics import ProcessMeter
-from .records import ExecutionRecord, PipelineRecord
+from .records import ExecutionRecord, PipelineRecord, now
+from .scheduler import Scheduler
 from .settings import Settings
 from .spec import Pipeline, load_pipeline_text
 from .store import Store
@@ -26,10 +29,12 @@ class LoadedPipeline:
 class Runtime:
     """Opens the store (recovering interrupted runs) and the engine; closes both cleanly."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = now):
         self.settings = settings
         self.store = Store(settings.store_file, flush_interval=settings.log_flush_interval)
         self.engine = Engine(self.store, settings)
+        # Schedules are loaded here; they fire once start() is called (the serving runtime).
+        self.scheduler = Scheduler(self, clock)
         self.started_at = time.time()
         self.meter = ProcessMeter()
         self.closed = False
@@ -61,6 +66,7 @@ class Runtime:
     ) -> LoadedPipeline:
         """Validate pipeline text and store it as a new version (`new`: refuse an existing id)."""
         pipeline = load_pipeline_text(text, source)
+        self.scheduler.check_yaml(pipeline.id, pipeline.name, pipeline.schedule)
         if new and self.store.has_pipeline(pipeline.id):
             raise Conflict(
                 f"pipeline {pipeline.id!r} exists; PUT /api/v1/pipelines/{pipeline.id} saves a new version"
@@ -71,7 +77,20 @@ class Runtime:
                 " renaming is not supported"
             )
         rec = self.store.save_pipeline(pipeline.id, pipeline.name, pipeline.description, text)
+        self.scheduler.sync_pipeline(pipeline.id, pipeline.name, pipeline.schedule)
         return LoadedPipeline(rec, pipeline)
+
+    def delete_pipeline(self, pipeline_id: str) -> list[str]:
+        """Forget a pipeline (refused while it has active runs) and its schedules; its runs stay.
+        Returns the ids of the schedules deleted with it."""
+        active = self.active_runs(pipeline_id)
+        if active:
+            raise Conflict(
+                f"pipeline {pipeline_id!r} has {len(active)} active run(s) ({', '.join(active[:5])});"
+                " cancel them first"
+            )
+        self.store.delete_pipeline(pipeline_id)
+        return self.scheduler.forget_pipeline(pipeline_id)
 
     def get_pipeline(self, pipeline_id: str) -> LoadedPipeline:
         rec = self.store.get_pipeline(pipeline_id)
@@ -84,10 +103,16 @@ class Runtime:
         return LoadedPipeline(rec, hit[1])
 
     def trigger(
-        self, pipeline_id: str, params: dict | None = None, trigger: str = "api"
+        self,
+        pipeline_id: str,
+        params: dict | None = None,
+        trigger: str = "api",
+        scheduled_for: datetime | None = None,
     ) -> ExecutionRecord:
         loaded = self.get_pipeline(pipeline_id)
-        return self.engine.submit(loaded.pipeline, params or {}, trigger=trigger)
+        return self.engine.submit(
+            loaded.pipeline, params or {}, trigger=trigger, scheduled_for=scheduled_for
+        )
 
     async def trigger_async(
         self, pipeline_id: str, params: dict | None = None, trigger: str = "api"
@@ -102,10 +127,16 @@ class Runtime:
             return ids
         return [i for i in ids if self.engine.pipeline_of(i) == pipeline_id]
 
+    def start(self) -> None:
+        """Start firing schedules (the serving runtime; a CLI run leaves them alone)."""
+        if not self.scheduler.running:
+            self.scheduler.start()
+
     def close(self) -> None:
         """Cancel running runs (recorded as cancelled), then close the store."""
         if self.closed:
             return
         self.closed = True
+        self.scheduler.shutdown()
         self.engine.shutdown()
         self.store.close()

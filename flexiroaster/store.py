@@ -77,6 +77,19 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX stage_executions_execution ON flexiroaster.stage_executions (execution_id);
     """,
+    # 3: schedules, and the fire time a scheduled run stands for
+    """
+    CREATE TABLE flexiroaster.schedules (
+        id VARCHAR PRIMARY KEY, name VARCHAR NOT NULL, pipeline_id VARCHAR NOT NULL,
+        type VARCHAR NOT NULL, expression VARCHAR NOT NULL, timezone VARCHAR NOT NULL,
+        params JSON, enabled BOOLEAN NOT NULL, catchup VARCHAR NOT NULL,
+        catchup_cap INTEGER NOT NULL, overlap VARCHAR NOT NULL, secret_hash VARCHAR,
+        source VARCHAR NOT NULL, created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL,
+        last_run_id VARCHAR, last_fired_at TIMESTAMPTZ, next_run_at TIMESTAMPTZ,
+        last_error VARCHAR
+    );
+    ALTER TABLE flexiroaster.executions ADD COLUMN scheduled_for TIMESTAMPTZ;
+    """,
 ]
 
 
@@ -309,8 +322,11 @@ class Store:
         with self._flush_lock:
             self._flush()
 
-    def _pending(self) -> bool:
-        return bool(self._exec_buf or self._stage_buf or self._log_buf)
+    def _settle(self) -> None:
+        """Before a read: commit what is queued, or wait for the flush that took it. (Checked in
+        this order: a flush holds its lock from before it takes the queue until it commits.)"""
+        if self._exec_buf or self._stage_buf or self._log_buf or self._flush_lock.locked():
+            self.flush()
 
     def _flush(self) -> None:
         with self._buf_lock:
@@ -458,8 +474,7 @@ class Store:
     def get_execution(self, execution_id: str) -> ExecutionRecord:
         """The stored run; a state still queued is committed first, so what is returned is
         what a crash would leave."""
-        if execution_id in self._exec_buf:
-            self.flush()
+        self._settle()
         rows = self._select("executions", "id = ?", [execution_id])
         if not rows:
             raise NotFound(f"no execution {execution_id!r}")
@@ -487,8 +502,7 @@ class Store:
                 where.append(cond)
                 args.append(value)
         cond = " AND ".join(where)
-        if self._exec_buf:
-            self.flush()
+        self._settle()
         cur = self.cursor()
         total, lo, hi = self._exec(
             cur,
@@ -528,16 +542,14 @@ class Store:
         return [execution_from_row(r) for r in rows], total
 
     def get_stages(self, execution_id: str) -> list[StageRecord]:
-        if self._pending():
-            self.flush()
+        self._settle()
         rows = self._select(
             "stage_executions", "execution_id = ?", [execution_id], order="position"
         )
         return [stage_from_row(r) for r in rows]
 
     def get_logs(self, execution_id: str, *, after: int = 0, limit: int = 1000) -> list[LogRecord]:
-        if self._pending():
-            self.flush()
+        self._settle()
         rows = self._select(
             "logs", "execution_id = ? AND id > ?", [execution_id, after], order="id", limit=limit
         )
@@ -548,8 +560,7 @@ class Store:
 
     def query(self, sql: str, params: list | None = None) -> list[tuple]:
         """Read-only helper for other modules' reports; `flexiroaster.` names the metadata schema."""
-        if self._pending():
-            self.flush()
+        self._settle()
         return self._exec(self.cursor(), sql, params).fetchall()
 
     # --- pipelines ------------------------------------------------------------------------
@@ -660,6 +671,47 @@ class Store:
         res = self._exec(cur, sql, args)
         names = [d[0] for d in res.description]
         return [dict(zip(names, row, strict=True)) for row in res.fetchall()]
+
+    # --- schedules ------------------------------------------------------------------------
+
+    def save_schedule(self, row: dict[str, Any]) -> None:
+        """Insert or replace a schedule row (the scheduler owns their meaning)."""
+        cols = list(row)
+        with self.transaction() as cur:
+            self._exec(
+                cur,
+                f"INSERT OR REPLACE INTO flexiroaster.schedules ({', '.join(cols)})"
+                f" VALUES ({', '.join('?' for _ in cols)})",
+                [json.dumps(v) if c == "params" else v for c, v in row.items()],
+            )
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        rows = self._select("schedules", "true", [], order="id")
+        for r in rows:
+            r["params"] = json.loads(r["params"]) if r["params"] else {}
+        return rows
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        with self.transaction() as cur:
+            self._exec(cur, "DELETE FROM flexiroaster.schedules WHERE id = ?", [schedule_id])
+
+    def set_schedule_states(self, rows: list[dict[str, Any]]) -> None:
+        """Update the same state fields of many schedules at once (rows hold their `id`)."""
+        if not rows:
+            return
+        cols = {c: [r[c] for r in rows] for c in rows[0]}
+        with self.transaction() as cur:
+            self._update(cur, "schedules", cols, ["id"])
+
+    def set_schedule_state(self, schedule_id: str, **fields: Any) -> None:
+        """Update a schedule's run-time state (next_run_at, last_run_id, enabled ...)."""
+        sets = ", ".join(f"{c} = ?" for c in fields)
+        with self.transaction() as cur:
+            self._exec(
+                cur,
+                f"UPDATE flexiroaster.schedules SET {sets} WHERE id = ?",
+                [*fields.values(), schedule_id],
+            )
 
     # --- output tables --------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ def create_app(
     async def lifespan(app: FastAPI):
         owned = runtime is None or close_runtime
         app.state.runtime = runtime or Runtime(settings)
+        if owned:  # the serving runtime fires schedules; a borrowed one is started by its owner
+            app.state.runtime.start()
         try:
             yield
         finally:

@@ -149,6 +149,9 @@ class ExecutionOut(_Out):
     total_stages: int
     duration: float | None
     retry_of: str | None
+    scheduled_for: datetime | None = Field(
+        None, description="For a scheduled run, the fire time it stands for"
+    )
     context: dict[str, Any] = Field(description="Trigger, parameters and lineage of the run")
     stages: list[StageOut] | None = None
 
@@ -159,6 +162,7 @@ class ExecutionOut(_Out):
             trigger=e.trigger, params=e.params, created_at=e.created_at, started_at=e.started_at,
             completed_at=e.completed_at, error=e.error, stages_completed=e.stages_completed,
             total_stages=e.total_stages, duration=e.duration, retry_of=e.retry_of,
+            scheduled_for=e.scheduled_for,
             context={"trigger": e.trigger, "params": e.params, "retry_of": e.retry_of},
             stages=[StageOut.of(s) for s in stages] if stages is not None else None,
         )  # fmt: skip

@@ -7,7 +7,7 @@ import re
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from ..errors import Conflict, SpecError
+from ..errors import SpecError
 from ..runtime import Runtime
 from ..spec import load_pipeline_text
 from .deps import MAX_OFFSET, require_token, runtime
@@ -153,12 +153,7 @@ async def update_pipeline(
 def delete_pipeline(pipeline_id: str, rt: Runtime = Depends(runtime)) -> Response:
     """Delete a pipeline and its versions (409 while it has active runs); its runs stay."""
     rt.store.get_pipeline(pipeline_id)
-    active = rt.active_runs(pipeline_id)
-    if active:
-        raise Conflict(
-            f"pipeline {pipeline_id!r} has {len(active)} active run(s): {', '.join(active)}"
-        )
-    rt.store.delete_pipeline(pipeline_id)
+    rt.delete_pipeline(pipeline_id)
     return Response(status_code=204)
 
 
