@@ -332,6 +332,74 @@ def cmd_trigger(args) -> int:
         return 0 if run["status"] == "completed" else 1
 
 
+def _client():
+    from .client import Client
+
+    url = os.environ.get("FLEXIROASTER_API_URL", "http://127.0.0.1:8000")
+    return Client(url, os.environ.get("FLEXIROASTER_API_TOKEN"))
+
+
+def _when(iso: str | None) -> str:
+    return iso[:19].replace("T", " ") + " UTC" if iso else "-"
+
+
+def cmd_schedules(args) -> int:
+    """The schedules of the running runtime, with their next and last runs."""
+    with _client() as client:
+        found = client.schedules(args.pipeline)["schedules"]
+    if not found:
+        print("no schedules")
+        return 0
+    print(f"{'id':28} {'pipeline':26} {'type':8} {'expression':20} {'next run':23} last run")
+    for s in found:
+        state = (
+            s["next_run_at"] and _when(s["next_run_at"]) or ("paused" if not s["enabled"] else "-")
+        )
+        last = f"{s['last_run_id']} {s['last_run_status'] or ''}" if s["last_run_id"] else "-"
+        expr = s["expression"] + (
+            f" ({s['timezone']})" if s["type"] == "cron" and s["timezone"] != "UTC" else ""
+        )
+        print(f"{s['id']:28} {s['pipeline_id']:26} {s['type']:8} {expr:20} {state:23} {last}")
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    """schedule add|pause|resume|run-now|delete|preview."""
+    with _client() as client:
+        if args.action == "add":
+            s = client.create_schedule(
+                name=args.name, pipeline_id=args.pipeline, type=args.type,
+                expression=args.expression, timezone=args.timezone, catchup=args.catchup,
+                overlap=args.overlap, params=_params(args.param),
+            )  # fmt: skip
+            print(f"schedule {s['id']} created; next run {_when(s['next_run_at'])}")
+            if s.get("secret"):
+                print(f"webhook POST {s['hook_path']} with header X-Webhook-Secret: {s['secret']}")
+                print("(the secret is shown only now)")
+            return 0
+        if args.action == "preview":
+            for t in client.preview_schedule(args.id, args.n)["local_times"]:
+                print(t)
+            return 0
+        if args.action == "delete":
+            client.delete_schedule(args.id)
+            print(f"schedule {args.id} deleted")
+            return 0
+        if args.action == "run-now":
+            run = client.run_schedule_now(args.id)
+            print(f"run {run['id']} of {run['pipeline_id']} {run['status']}")
+            return 0
+        s = (
+            client.pause_schedule(args.id)
+            if args.action == "pause"
+            else client.resume_schedule(args.id)
+        )
+        print(
+            f"schedule {s['id']} {'paused' if not s['enabled'] else 'resumed; next run ' + _when(s['next_run_at'])}"
+        )
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flexiroaster", description="Pipelines on DuckDB and polars."
@@ -375,6 +443,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--url", help="runtime URL (FLEXIROASTER_API_URL, default http://127.0.0.1:8000)"
     )
     p.set_defaults(fn=cmd_trigger)
+    p = sub.add_parser("schedules", help="list the running runtime's schedules")
+    p.add_argument("--pipeline", help="only this pipeline's")
+    p.set_defaults(fn=cmd_schedules)
+    p = sub.add_parser("schedule", help="add, pause, resume, run or delete a schedule")
+    acts = p.add_subparsers(dest="action", required=True)
+    a = acts.add_parser("add", help="create a schedule")
+    a.add_argument("name")
+    a.add_argument("--pipeline", required=True, help="pipeline id")
+    a.add_argument("--type", choices=["cron", "interval", "webhook", "event"], required=True)
+    a.add_argument(
+        "--expression", "-e", required=True,
+        help="'0 6 * * 1-5', 'every 2 hours', a webhook path, or 'upstream-pipeline[:status]'",
+    )  # fmt: skip
+    a.add_argument("--timezone", default="UTC", help="IANA name, e.g. Europe/Berlin")
+    a.add_argument("--catchup", choices=["skip", "latest", "all"], default="skip")
+    a.add_argument("--overlap", choices=["skip", "queue"], default="skip")
+    a.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
+    for action in ("pause", "resume", "run-now", "delete", "preview"):
+        a = acts.add_parser(action)
+        a.add_argument("id", help="schedule id")
+        if action == "preview":
+            a.add_argument("-n", type=int, default=10, help="how many fire times")
+    p.set_defaults(fn=cmd_schedule)
     return parser
 
 

@@ -108,6 +108,42 @@ class Client:
     def versions(self, pipeline_id: str) -> dict:
         return self._call("GET", f"/pipelines/{pipeline_id}/versions")
 
+    # --- schedules ---
+    def schedules(self, pipeline_id: str | None = None) -> dict:
+        return self._call(
+            "GET", "/schedules", params={"pipeline_id": pipeline_id} if pipeline_id else {}
+        )
+
+    def schedule(self, schedule_id: str) -> dict:
+        return self._call("GET", f"/schedules/{schedule_id}")
+
+    def create_schedule(self, **fields: Any) -> dict:
+        """name, pipeline_id, type (cron|interval|webhook|event), expression, timezone, ..."""
+        return self._call("POST", "/schedules", json=fields)
+
+    def update_schedule(self, schedule_id: str, **fields: Any) -> dict:
+        return self._call("PUT", f"/schedules/{schedule_id}", json=fields)
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self._call("DELETE", f"/schedules/{schedule_id}")
+
+    def pause_schedule(self, schedule_id: str) -> dict:
+        return self._call("POST", f"/schedules/{schedule_id}/pause")
+
+    def resume_schedule(self, schedule_id: str) -> dict:
+        return self._call("POST", f"/schedules/{schedule_id}/resume")
+
+    def run_schedule_now(self, schedule_id: str) -> dict:
+        return self._call("POST", f"/schedules/{schedule_id}/run-now")
+
+    def preview_schedule(self, schedule_id: str, n: int = 10) -> dict:
+        return self._call("GET", f"/schedules/{schedule_id}/preview", params={"n": n})
+
+    def call_webhook(self, path: str, secret: str, params: dict | None = None) -> dict:
+        return self._call(
+            "POST", f"/hooks/{path}", json=params or {}, headers={"X-Webhook-Secret": secret}
+        )
+
     # --- executions ---
     def trigger(self, pipeline_id: str, params: dict | None = None) -> dict:
         return self._call(

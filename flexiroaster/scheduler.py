@@ -89,7 +89,7 @@ _PART = re.compile(r"\s*(-?\d+(?:\.\d+)?)?\s*([a-z]+)\s*")
 
 
 def parse_interval(text: str) -> timedelta:
-    """"every 2 hours", "30 minutes", "every minute", "30m", "2h", "1h30m" -> a timedelta."""
+    """ "every 2 hours", "30 minutes", "every minute", "30m", "2h", "1h30m" -> a timedelta."""
     t = re.sub(r"^\s*every\s+", "", text.strip().lower())
     t = re.sub(r"\s+and\s+|,", " ", t)
     total, pos = 0.0, 0
@@ -112,18 +112,69 @@ def parse_interval(text: str) -> timedelta:
     return timedelta(seconds=total)
 
 
+_DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+
+
+def _cron_weekdays(text: str) -> str:
+    """A cron weekday field (0 or 7 = Sunday, names allowed, ranges, steps) as APScheduler day
+    names: its own numbers start at Monday, so '1-5' would silently mean Tuesday to Saturday."""
+
+    def day(v: str) -> int:
+        v = v.strip().lower()
+        if v[:3] in _DAYS and len(v) >= 3:
+            return _DAYS.index(v[:3])
+        if not v.isdigit() or int(v) > 7:
+            raise ValueError(f"weekday {v!r}: use 0-7 (0 and 7 are Sunday) or sun..sat")
+        return int(v) % 7 if int(v) != 7 else 7
+
+    picked: set[int] = set()
+    for item in text.split(","):
+        rng, _, step_text = item.partition("/")
+        step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else None
+        if step_text and step is None:
+            raise ValueError(f"weekday step {step_text!r} is not a positive number")
+        if rng in ("*", "?"):
+            lo, hi = 0, 6
+        elif "-" in rng:
+            a, b = rng.split("-", 1)
+            lo, hi = day(a), day(b)
+            if hi < lo:
+                raise ValueError(f"weekday range {rng!r} runs backwards")
+        else:
+            lo = hi = day(rng)
+            if step:
+                hi = 6
+        picked.update(d % 7 for d in range(lo, hi + 1, step or 1))
+    return ",".join(_DAYS[d] for d in sorted(picked))
+
+
 @lru_cache(maxsize=4096)
-def _cron(expr: str) -> Any:
-    """The cron expression as an APScheduler trigger over a naive wall clock (UTC stands in)."""
+def _cron(expr: str) -> tuple[Any, ...]:
+    """The cron expression as APScheduler triggers over a naive wall clock (UTC stands in).
+
+    Classic cron semantics: weekday numbers count from Sunday (0 or 7), and when both the
+    day of month and the weekday are restricted, a day matching either one fires (so two
+    triggers, the earlier next time wins)."""
     from apscheduler.triggers.cron import CronTrigger
 
-    if len(expr.split()) != 5:
+    parts = expr.split()
+    if len(parts) != 5:
         raise ValueError(
             f"{expr!r} is not a cron expression: it needs five fields, minute hour day month"
             " weekday, e.g. '0 6 * * 1-5'"
         )
+    minute, hour, dom, month, dow = parts
     try:
-        return CronTrigger.from_crontab(expr, timezone=UTC)
+        days = _cron_weekdays(dow)
+
+        def trig(day: str, weekdays: str) -> Any:
+            return CronTrigger(
+                minute=minute, hour=hour, day=day, month=month, day_of_week=weekdays, timezone=UTC
+            )
+
+        if dom not in ("*", "?") and dow not in ("*", "?"):
+            return (trig(dom, "*"), trig("*", days))
+        return (trig(dom, days),)
     except ValueError as exc:
         raise ValueError(f"{expr!r} is not a valid cron expression: {exc}") from None
 
@@ -138,7 +189,7 @@ def _zone(name: str) -> ZoneInfo:
 
 
 def parse_event(text: str) -> tuple[str, str]:
-    """"pipeline-a" or "pipeline-a:failed" -> (upstream pipeline id, status it must end with)."""
+    """ "pipeline-a" or "pipeline-a:failed" -> (upstream pipeline id, status it must end with)."""
     upstream, _, status = text.strip().partition(":")
     status = status.strip().lower() or "completed"
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", upstream.strip()):
@@ -182,12 +233,14 @@ def next_fire(
         return anchor + k * step
     if kind != ScheduleType.CRON:
         return None
-    tz, trig = _zone(timezone), _cron(expression)
+    tz, triggers = _zone(timezone), _cron(expression)
     wall = after.astimezone(tz).replace(tzinfo=None)
     for _ in range(10_000):  # each step is a distinct wall time; bounded for safety
-        cand = trig.get_next_fire_time(None, (wall + timedelta(microseconds=1)).replace(tzinfo=UTC))
-        if cand is None:
+        start = (wall + timedelta(microseconds=1)).replace(tzinfo=UTC)
+        cands = [c for t in triggers if (c := t.get_next_fire_time(None, start)) is not None]
+        if not cands:
             return None
+        cand = min(cands)
         wall = cand.replace(tzinfo=None)
         at = _wall_instant(wall, tz)
         if at > after:
@@ -209,6 +262,7 @@ class ScheduleIn(BaseModel):
     expression: str = Field(
         "",
         max_length=500,
+        validate_default=True,
         description="cron: '0 6 * * 1-5'; interval: 'every 2 hours', '30m'; webhook: the"
         " path under /api/v1/hooks/; event: 'upstream-pipeline[:completed|failed|cancelled|any]'",
     )
@@ -217,7 +271,11 @@ class ScheduleIn(BaseModel):
     enabled: bool = True
     catchup: Catchup = Catchup.SKIP
     catchup_cap: int = Field(10, ge=1, le=1000, description="Most missed runs `all` starts")
-    overlap: Overlap = Overlap.SKIP
+    overlap: Overlap | None = Field(
+        None,
+        description="skip (the default for cron and interval) or queue (the default for"
+        " webhook and event schedules: every call and every upstream run gets its run)",
+    )
     secret: str | None = Field(
         None,
         min_length=16,
@@ -250,6 +308,12 @@ class ScheduleIn(BaseModel):
         elif kind == ScheduleType.EVENT:
             parse_event(v)
         return v
+
+    @model_validator(mode="after")
+    def _default_overlap(self) -> ScheduleIn:
+        if self.overlap is None:
+            self.overlap = Overlap.SKIP if self.type in TIMED else Overlap.QUEUE
+        return self
 
     @model_validator(mode="after")
     def _secret_only_for_webhooks(self) -> ScheduleIn:
@@ -308,7 +372,9 @@ class Schedule:
     def next_after(self, after: datetime) -> datetime | None:
         return next_fire(self.type, self.expression, self.timezone, self.updated_at, after)
 
-    def fires_between(self, start: datetime, end: datetime, keep: int) -> tuple[list[datetime], int]:
+    def fires_between(
+        self, start: datetime, end: datetime, keep: int
+    ) -> tuple[list[datetime], int]:
         """The last `keep` fire times t with start <= t <= end, and how many there were."""
         if self.type == ScheduleType.INTERVAL:
             step = parse_interval(self.expression)
@@ -385,7 +451,8 @@ class Scheduler:
             enabled = sum(1 for s in self._all.values() if s.enabled)
             nexts = [s.next_run_at for s in self._all.values() if s.next_run_at]
         return {
-            "status": "ok" if self.running and self._aps.running else "stopped",
+            # "off": not started (a runtime that only runs pipelines); "error": started, then died
+            "status": ("ok" if self._aps.running else "error") if self.running else "off",
             "schedules": len(self._all),
             "enabled": enabled,
             "next_run_at": min(nexts).isoformat() if nexts else None,
@@ -777,4 +844,3 @@ def yaml_schedule(pipeline_id: str, name: str, spec: dict[str, Any] | str) -> Sc
     if "secret" in spec:
         raise ScheduleError("schedule.secret: secrets do not belong in pipeline YAML")
     return ScheduleIn(name=f"{name} schedule", pipeline_id=pipeline_id, **spec)
-

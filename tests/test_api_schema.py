@@ -106,6 +106,9 @@ def test_the_schema_under_test_is_the_one_the_app_serves(base_url):
                     assert ref.endswith("/ErrorOut"), (method, path, status)
 
 
+HOOK_SECRET = "seeded-hook-secret-0123456789"
+
+
 def test_real_records_conform(runtime, base_url):
     """Generated ids rarely hit a record: call every operation once on the seeded ones."""
     done, failed = runtime.runs["completed"], runtime.runs["failed"]
@@ -135,6 +138,18 @@ def test_real_records_conform(runtime, base_url):
         ("POST", "/api/v1/query", {"body": {"sql": "select * from seeded_nums order by x"}, "media_type": "application/json"}, 200),
         ("POST", "/api/v1/query", {"body": {"sql": "select 42 as x", "format": "arrow"}, "media_type": "application/json"}, 200),
         ("POST", "/api/v1/query", {"body": {"sql": "drop table seeded_nums"}, "media_type": "application/json"}, 400),
+        ("POST", "/api/v1/schedules", {"body": {"name": "nightly", "pipeline_id": "seeded", "type": "cron", "expression": "0 2 * * *", "timezone": "Europe/Berlin"}, "media_type": "application/json"}, 201),
+        ("POST", "/api/v1/schedules", {"body": {"name": "hook", "pipeline_id": "seeded", "type": "webhook", "expression": "seeded-in", "secret": HOOK_SECRET, "overlap": "queue"}, "media_type": "application/json"}, 201),
+        ("GET", "/api/v1/schedules", {"query": {"pipeline_id": "seeded"}}, 200),
+        ("GET", "/api/v1/schedules/{schedule_id}", {"path_parameters": {"schedule_id": "nightly"}}, 200),
+        ("PUT", "/api/v1/schedules/{schedule_id}", {"path_parameters": {"schedule_id": "nightly"}, "body": {"name": "nightly", "pipeline_id": "seeded", "type": "interval", "expression": "every 6 hours", "params": {"n": 3}}, "media_type": "application/json"}, 200),
+        ("GET", "/api/v1/schedules/{schedule_id}/preview", {"path_parameters": {"schedule_id": "nightly"}, "query": {"n": 3}}, 200),
+        ("POST", "/api/v1/schedules/preview", {"body": {"name": "x", "pipeline_id": "none-needed", "type": "cron", "expression": "*/5 * * * *"}, "media_type": "application/json"}, 200),
+        ("POST", "/api/v1/schedules/{schedule_id}/pause", {"path_parameters": {"schedule_id": "nightly"}}, 200),
+        ("POST", "/api/v1/schedules/{schedule_id}/resume", {"path_parameters": {"schedule_id": "nightly"}}, 200),
+        ("POST", "/api/v1/schedules/{schedule_id}/run-now", {"path_parameters": {"schedule_id": "nightly"}}, 202),
+        ("POST", "/api/v1/hooks/{path}", {"path_parameters": {"path": "seeded-in"}, "headers": {"X-Webhook-Secret": HOOK_SECRET}, "body": {"n": 4}, "media_type": "application/json"}, 202),
+        ("DELETE", "/api/v1/schedules/{schedule_id}", {"path_parameters": {"schedule_id": "hook"}}, 204),
     ]  # fmt: skip
     covered = set()
     for method, path, parts, status in calls:

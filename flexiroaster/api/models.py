@@ -10,6 +10,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..records import ExecutionRecord, LogRecord, StageRecord
 from ..runtime import LoadedPipeline
+from ..scheduler import Schedule
 
 
 def _iso_8601(value: Any) -> Any:
@@ -266,3 +267,57 @@ class PipelineMetricsOut(_Out):
     last_execution: RunRef | None
     trend: list[TrendDay] = Field(description="Per day over the last 14 days")
     timestamp: datetime
+
+
+class ScheduleOut(_Out):
+    id: str
+    name: str
+    pipeline_id: str
+    type: str
+    expression: str
+    timezone: str
+    params: dict[str, Any]
+    enabled: bool
+    catchup: str
+    catchup_cap: int
+    overlap: str
+    source: str = Field(description="`api`, or `yaml` when the pipeline's YAML declares it")
+    created_at: datetime
+    updated_at: datetime
+    next_run_at: datetime | None
+    last_run_id: str | None
+    last_run_status: str | None
+    last_fired_at: datetime | None
+    last_error: str | None
+    has_secret: bool
+    hook_path: str | None = Field(None, description="webhook: where to POST")
+
+    @classmethod
+    def of(cls, s: Schedule, last_status: str | None = None) -> ScheduleOut:
+        return cls(
+            id=s.id, name=s.name, pipeline_id=s.pipeline_id, type=str(s.type),
+            expression=s.expression, timezone=s.timezone, params=s.params, enabled=s.enabled,
+            catchup=str(s.catchup), catchup_cap=s.catchup_cap, overlap=str(s.overlap),
+            source=s.source, created_at=s.created_at, updated_at=s.updated_at,
+            next_run_at=s.next_run_at, last_run_id=s.last_run_id, last_run_status=last_status,
+            last_fired_at=s.last_fired_at, last_error=s.last_error,
+            has_secret=s.secret_hash is not None,
+            hook_path=f"/api/v1/hooks/{s.expression}" if s.type == "webhook" else None,
+        )  # fmt: skip
+
+
+class ScheduleCreated(ScheduleOut):
+    secret: str | None = Field(
+        None, description="webhook: the secret callers send in X-Webhook-Secret; shown only here"
+    )
+
+
+class ScheduleList(_Out):
+    schedules: list[ScheduleOut]
+    total: int
+
+
+class PreviewOut(_Out):
+    timezone: str
+    times: list[datetime] = Field(description="The next fire times, UTC")
+    local_times: list[str] = Field(description="The same times on the schedule's local clock")

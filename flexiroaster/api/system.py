@@ -37,7 +37,8 @@ def health(rt: Runtime = Depends(runtime)) -> Any:
         "queued_runs": rt.engine.queued(),
         "max_workers": rt.settings.max_workers,
     }
-    ok = all(c["status"] == "ok" for c in components.values())
+    components["scheduler"] = rt.scheduler.status()
+    ok = not any(c["status"] == "error" for c in components.values())
     body = HealthOut(
         status="ok" if ok else "degraded",
         version=__version__,
