@@ -108,6 +108,16 @@ class Client:
     def versions(self, pipeline_id: str) -> dict:
         return self._call("GET", f"/pipelines/{pipeline_id}/versions")
 
+    # --- logs and tables ---
+    def search_logs(self, **filters: Any) -> dict:
+        """level, pipeline_id, execution_id, since, until, q, after, before, limit."""
+        return self._call(
+            "GET", "/logs", params={k: v for k, v in filters.items() if v is not None}
+        )
+
+    def tables(self) -> dict:
+        return self._call("GET", "/tables")
+
     # --- schedules ---
     def schedules(self, pipeline_id: str | None = None) -> dict:
         return self._call(

@@ -555,6 +555,81 @@ class Store:
         )
         return [log_from_row(r) for r in rows]
 
+    def search_logs(
+        self,
+        *,
+        level: str | None = None,
+        pipeline_id: str | None = None,
+        execution_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        text: str | None = None,
+        after: int = 0,
+        before: int | None = None,
+        limit: int = 200,
+    ) -> list[tuple[LogRecord, str]]:
+        """Log lines of every run, newest first, with their run's pipeline id. `levels` is the
+        minimum level; `text` a case-insensitive substring of the message; `after`/`before`
+        are log-id cursors (newer than / older than)."""
+        self._settle()
+        levels = ["DEBUG", "INFO", "WARN", "ERROR"]
+        where, args = ["l.id > ?"], [after]
+        for cond, value in (
+            ("l.id < ?", before),
+            ("e.pipeline_id = ?", pipeline_id),
+            ("l.execution_id = ?", execution_id),
+            ("l.timestamp >= ?", since),
+            ("l.timestamp < ?", until),
+        ):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
+        if level:
+            where.append("l.level IN (SELECT unnest(?))")
+            args.append(levels[levels.index(level) :])
+        if text:
+            where.append("contains(lower(l.message), lower(?))")
+            args.append(text)
+        res = self._exec(
+            self.cursor(),
+            "SELECT l.*, e.pipeline_id AS _pipeline FROM flexiroaster.logs l"
+            " LEFT JOIN flexiroaster.executions e ON e.id = l.execution_id"
+            f" WHERE {' AND '.join(where)} ORDER BY l.id DESC LIMIT {int(limit)}",
+            args,
+        )
+        names = [d[0] for d in res.description]
+        out = []
+        for row in res.fetchall():
+            r = dict(zip(names, row, strict=True))
+            pipeline = r.pop("_pipeline")
+            out.append((log_from_row(r), pipeline))
+        return out
+
+    def user_tables(self) -> list[dict[str, Any]]:
+        """Tables and views the pipelines wrote (not the store's own schema)."""
+        res = self._exec(
+            self.cursor(),
+            "SELECT schema_name, table_name, 'table' AS kind, estimated_size AS rows,"
+            " column_count FROM duckdb_tables() WHERE database_name = ? AND schema_name <> 'flexiroaster'"
+            " UNION ALL SELECT schema_name, view_name, 'view', NULL, column_count FROM duckdb_views()"
+            " WHERE database_name = ? AND schema_name <> 'flexiroaster' AND NOT internal"
+            " ORDER BY 1, 2",
+            [self.catalog, self.catalog],
+        )
+        names = [d[0] for d in res.description]
+        return [dict(zip(names, r, strict=True)) for r in res.fetchall()]
+
+    def table_columns(self, schema: str, table: str) -> list[tuple[str, str]]:
+        return [
+            (r[0], r[1])
+            for r in self._exec(
+                self.cursor(),
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = ?"
+                " AND schema_name = ? AND table_name = ? ORDER BY column_index",
+                [self.catalog, schema, table],
+            ).fetchall()
+        ]
+
     def pipeline_history(self, pipeline_id: str, limit: int = 100) -> list[ExecutionRecord]:
         return self.list_executions(pipeline_id=pipeline_id, limit=limit)[0]
 

@@ -844,3 +844,24 @@ def test_query_reads_with_a_row_cap_a_timeout_and_arrow(shared):
     )
     assert pa.ipc.open_stream(arrow_capped.content).read_all().num_rows == 7
     assert arrow_capped.headers["x-truncated"] == "true"
+
+
+def test_log_search_and_tables_for_the_ui(client):
+    client.create_pipeline(GOOD)
+    run = client.wait(client.trigger("api-good", {"n": 5})["id"], timeout=20)
+    assert run["status"] == "completed"
+    found = client.search_logs(pipeline_id="api-good", q="RUN COMPLETED")
+    assert [x["message"] for x in found["logs"]] == ["run completed"]
+    assert found["pipelines"] == {run["id"]: "api-good"}
+    everything = client.search_logs(execution_id=run["id"])["logs"]
+    assert len(everything) >= 4 and [x["id"] for x in everything] == sorted(
+        (x["id"] for x in everything), reverse=True
+    )  # newest first
+    page = client.search_logs(execution_id=run["id"], limit=2)
+    older = client.search_logs(execution_id=run["id"], before=page["next_before"])["logs"]
+    assert [x["id"] for x in page["logs"] + older] == [x["id"] for x in everything]
+    assert client.search_logs(execution_id=run["id"], level="ERROR")["logs"] == []
+    tables = {(t["schema_name"], t["name"]): t for t in client.tables()["tables"]}
+    good = tables[("main", "api_good")]
+    assert good["rows"] == 5 and [c["name"] for c in good["columns"]] == ["x", "y"]
+    assert not any(s == "flexiroaster" for s, _ in tables)

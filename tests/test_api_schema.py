@@ -150,6 +150,8 @@ def test_real_records_conform(runtime, base_url):
         ("POST", "/api/v1/schedules/{schedule_id}/run-now", {"path_parameters": {"schedule_id": "nightly"}}, 202),
         ("POST", "/api/v1/hooks/{path}", {"path_parameters": {"path": "seeded-in"}, "headers": {"X-Webhook-Secret": HOOK_SECRET}, "body": {"n": 4}, "media_type": "application/json"}, 202),
         ("DELETE", "/api/v1/schedules/{schedule_id}", {"path_parameters": {"schedule_id": "hook"}}, 204),
+        ("GET", "/api/v1/logs", {"query": {"level": "INFO", "pipeline_id": "seeded", "q": "run", "limit": 5}}, 200),
+        ("GET", "/api/v1/tables", {}, 200),
     ]  # fmt: skip
     covered = set()
     for method, path, parts, status in calls:

@@ -321,3 +321,21 @@ class PreviewOut(_Out):
     timezone: str
     times: list[datetime] = Field(description="The next fire times, UTC")
     local_times: list[str] = Field(description="The same times on the schedule's local clock")
+
+
+class LogSearchOut(_Out):
+    logs: list[LogOut]
+    pipelines: dict[str, str | None] = Field(description="Run id -> its pipeline id")
+    next_before: int | None = Field(description="Pass as `before` for older lines")
+
+
+class TableOut(_Out):
+    schema_name: str
+    name: str
+    kind: str
+    rows: int | None = Field(description="Exact row count of a table (views: none)")
+    columns: list[dict[str, str]]
+
+
+class TableList(_Out):
+    tables: list[TableOut]
