@@ -332,6 +332,99 @@ def cmd_trigger(args) -> int:
         return 0 if run["status"] == "completed" else 1
 
 
+def _free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def cmd_up(args) -> int:
+    """The runtime and the app together: `serve` and `streamlit run app.py` as child processes,
+    both stopped on Ctrl-C or SIGTERM. The runtime seeds the sample pipelines on its first start."""
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    from .settings import load_settings
+
+    app = Path(__file__).resolve().parents[1] / "app.py"
+    if not app.is_file():
+        raise FlexiError(
+            f"app.py is not next to the flexiroaster package ({app}); run from a checkout"
+        )
+    settings = load_settings(**({"port": args.port} if args.port else {}))
+    host, port, ui_port = settings.host, settings.port, args.ui_port
+    for what, p in (("runtime", port), ("app", ui_port)):
+        if not _free(host, p):
+            raise FlexiError(
+                f"port {p} on {host} is taken, so the {what} cannot listen there; pick another"
+                f" with --{'port' if what == 'runtime' else 'ui-port'}"
+            )
+    api = f"http://{host}:{port}"
+    env = {**os.environ, "FLEXIROASTER_API_URL": api, "FLEXIROASTER_PORT": str(port)}
+    procs: list[subprocess.Popen] = []
+
+    def stop(*_: object) -> None:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def wait_for(url: str, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise FlexiError(
+                    f"the {what} exited with status {proc.returncode} while starting (see above)"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise FlexiError(f"the {what} did not answer at {url} within {timeout:.0f} s")
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "flexiroaster", "serve", "--port", str(port)], env=env
+            )
+        )
+        wait_for(f"{api}/api/v1/health", procs[0], "runtime")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
+             "--server.address", host, "--server.port", str(ui_port),
+             "--browser.gatherUsageStats", "false"],
+            env=env, stdout=subprocess.DEVNULL,
+        ))  # fmt: skip
+        wait_for(f"http://{host}:{ui_port}/_stcore/health", procs[1], "app")
+        print(f"FlexiRoaster is up:\n  app      http://{host}:{ui_port}\n  runtime  {api}  (API docs {api}/docs)"
+              "\nCtrl-C stops both.", flush=True)  # fmt: skip
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        dead = next(p for p in procs if p.poll() is not None)
+        raise FlexiError(
+            f"{'the runtime' if dead is procs[0] else 'the app'} stopped (status {dead.returncode})"
+        )
+    except KeyboardInterrupt:
+        print("stopping ...", flush=True)
+        return 0
+    finally:
+        stop()
+
+
 def _client():
     from .client import Client
 
@@ -443,6 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--url", help="runtime URL (FLEXIROASTER_API_URL, default http://127.0.0.1:8000)"
     )
     p.set_defaults(fn=cmd_trigger)
+    p = sub.add_parser("up", help="start the runtime and the app together (Ctrl-C stops both)")
+    p.add_argument("--port", type=int, help="runtime port (default 8000, FLEXIROASTER_PORT)")
+    p.add_argument("--ui-port", type=int, default=8501, help="app port (default 8501)")
+    p.set_defaults(fn=cmd_up)
     p = sub.add_parser("schedules", help="list the running runtime's schedules")
     p.add_argument("--pipeline", help="only this pipeline's")
     p.set_defaults(fn=cmd_schedules)

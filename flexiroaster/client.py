@@ -108,6 +108,9 @@ class Client:
     def versions(self, pipeline_id: str) -> dict:
         return self._call("GET", f"/pipelines/{pipeline_id}/versions")
 
+    def settings(self) -> dict:
+        return self._call("GET", "/settings")
+
     # --- logs and tables ---
     def search_logs(self, **filters: Any) -> dict:
         """level, pipeline_id, execution_id, since, until, q, after, before, limit."""

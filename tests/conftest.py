@@ -80,3 +80,50 @@ def serving(app, timeout: float = 10.0):
     finally:
         server.should_exit = True
         thread.join(timeout)
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def sample_data_dir(target) -> None:
+    """Copy the repo's sample pipelines and data into `target` (a fresh data dir)."""
+    import shutil
+
+    shutil.copytree(
+        REPO / "data",
+        target,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("*.duckdb*", "out", "work", "__pycache__"),
+    )
+
+
+@pytest.fixture
+def ui_runtime(tmp_path, monkeypatch):
+    """A started runtime over the sample pipelines, served over HTTP on a free port, with
+    FLEXIROASTER_API_URL pointing at it (what the Streamlit pages read). Yields (runtime, client).
+    """
+    from flexiroaster.api import create_app
+    from flexiroaster.client import Client
+    from flexiroaster.runtime import Runtime
+
+    data = tmp_path / "data"
+    sample_data_dir(data)
+    rt = Runtime(load_settings(data_dir=data, max_workers=4, log_flush_interval=0.05))
+    rt.start()
+    try:
+        with serving(create_app(runtime=rt)) as url, Client(url) as c:
+            monkeypatch.setenv("FLEXIROASTER_API_URL", url)
+            monkeypatch.delenv("FLEXIROASTER_API_TOKEN", raising=False)
+            yield rt, c
+    finally:
+        rt.close()
+
+
+def app_test(page: str | None = None, timeout: float = 30):
+    """AppTest of app.py (run once), switched to `page` (e.g. "pages/pipelines.py") if given."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=timeout).run()
+    if page:
+        at.switch_page(page).run()
+    return at

@@ -61,3 +61,21 @@ def root_info() -> dict[str, str]:
 @router.get("/")
 def api_root() -> dict[str, str]:
     return root_info()
+
+
+@router.get("/settings")
+def runtime_settings(rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    """The runtime's settings as it runs (secrets only as set / not set)."""
+    s = rt.settings
+    out: dict[str, Any] = {}
+    for name in type(s).model_fields:
+        value = getattr(s, name)
+        if name == "api_token":
+            out["api_token_set"] = value is not None
+            continue
+        out[name] = (
+            str(value) if value is not None and not isinstance(value, int | float | bool) else value
+        )
+    out["store_file"] = str(s.store_file)
+    out["pid"] = __import__("os").getpid()
+    return out
