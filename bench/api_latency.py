@@ -25,13 +25,14 @@ Server RSS (psutil) is read after start (idle), sampled every 50 ms during the l
 and read after it. The server is stopped with SIGTERM and must exit within 10 s; the store is
 then reopened to check that no run was left unfinished and none is missing.
 
-    .venv/bin/python bench/api_latency.py                 # 15 s per phase, about 2 minutes
+    .venv/bin/python bench/api_latency.py                 # 15 s per phase, about 80 s in all
     .venv/bin/python bench/api_latency.py --quick         # 5 s per phase
     .venv/bin/python bench/api_latency.py --keep          # keep the temp data dir and server logs
     .venv/bin/python bench/api_latency.py --profile list  # in-process server under cProfile
 
-Figures, findings and proposals: bench/api_latency.md. Exit status 1 when a request errs, a
-target is missed, or the server does not stop cleanly.
+Figures, spread across runs and what changed: BENCHMARKS.md, section "REST API latency and
+memory". Exit status 1 when a request errs, a target is missed, or the server does not stop
+cleanly.
 """
 
 from __future__ import annotations
