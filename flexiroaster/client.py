@@ -108,6 +108,12 @@ class Client:
     def versions(self, pipeline_id: str) -> dict:
         return self._call("GET", f"/pipelines/{pipeline_id}/versions")
 
+    def timeline(self, hours: int = 48, bucket: str = "hour") -> dict:
+        return self._call("GET", "/metrics/timeline", params={"hours": hours, "bucket": bucket})
+
+    def preview_unsaved_schedule(self, n: int = 10, **fields: Any) -> dict:
+        return self._call("POST", "/schedules/preview", params={"n": n}, json=fields)
+
     def settings(self) -> dict:
         return self._call("GET", "/settings")
 

@@ -85,3 +85,32 @@ class ProcessMeter:
             "runtime_rss_bytes": float(self.process.memory_info().rss),
             "measured_at": time.time(),
         }
+
+
+def timeline(store: Store, hours: int = 48, bucket: str = "hour") -> list[dict[str, Any]]:
+    """Runs per time bucket (hour or day) over the last `hours`: counts by status, and the
+    p50/p95 duration of the finished ones, all pipelines together."""
+    found = store.query(
+        f"SELECT date_trunc(?, created_at) AS t, count(*),"
+        " count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'failed'),"
+        " count(*) FILTER (WHERE status = 'cancelled'),"
+        f" quantile_cont({_DURATION}, 0.5), quantile_cont({_DURATION}, 0.95)"
+        " FROM flexiroaster.executions WHERE created_at >= now() - to_hours(?)"
+        " GROUP BY ALL ORDER BY t",
+        [bucket, hours],
+    )
+    return [
+        {"start": t.isoformat(), "runs": n, "completed": c, "failed": f, "cancelled": x,
+         "p50_duration": p50, "p95_duration": p95}
+        for t, n, c, f, x, p50, p95 in found
+    ]  # fmt: skip
+
+
+def runs_since(store: Store, since: Any) -> dict[str, int]:
+    """Runs created since `since`, by status."""
+    return dict(
+        store.query(
+            "SELECT status, count(*) FROM flexiroaster.executions WHERE created_at >= ? GROUP BY ALL",
+            [since],
+        )
+    )

@@ -152,6 +152,8 @@ def test_real_records_conform(runtime, base_url):
         ("DELETE", "/api/v1/schedules/{schedule_id}", {"path_parameters": {"schedule_id": "hook"}}, 204),
         ("GET", "/api/v1/logs", {"query": {"level": "INFO", "pipeline_id": "seeded", "q": "run", "limit": 5}}, 200),
         ("GET", "/api/v1/tables", {}, 200),
+        ("GET", "/api/v1/metrics/timeline", {"query": {"hours": 24, "bucket": "hour"}}, 200),
+        ("GET", "/api/v1/settings", {}, 200),
     ]  # fmt: skip
     covered = set()
     for method, path, parts, status in calls:

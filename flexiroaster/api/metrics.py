@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 
-from ..metrics import run_stats, trend
+from ..metrics import run_stats, runs_since, timeline, trend
 from ..runtime import Runtime
 from .deps import runtime
 from .errors import documented
@@ -43,6 +43,24 @@ def system_metrics(rt: Runtime = Depends(runtime)) -> dict[str, Any]:
         "avg_duration": stats.avg_duration,
         "p50_duration": stats.p50_duration,
         "p95_duration": stats.p95_duration,
+        "timestamp": datetime.now(UTC).isoformat(),
+    }
+
+
+@router.get("/timeline", responses=documented(422))
+def runs_timeline(
+    rt: Runtime = Depends(runtime),
+    hours: int = Query(48, ge=1, le=24 * 366),
+    bucket: str = Query("hour", pattern="^(hour|day)$"),
+) -> dict[str, Any]:
+    """Runs per hour (or day) over the last `hours`, by status, with p50/p95 durations; and
+    today's runs (UTC) by status."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return {
+        "bucket": bucket,
+        "hours": hours,
+        "buckets": timeline(rt.store, hours, bucket),
+        "today": runs_since(rt.store, today),
         "timestamp": datetime.now(UTC).isoformat(),
     }
 
