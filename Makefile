@@ -1,11 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   - create .venv, install FlexiRoaster, run every sample pipeline
-#   make test   - create .venv, install with test extras, run the test suite
+#   make up     - create .venv, install FlexiRoaster, start the runtime and the app (samples loaded)
+#   make test   - create .venv, install with test extras (and Chromium for the browser test), run
+#                 the test suite
+# Also: make demo (run every sample pipeline in the terminal), make lint, make bench.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install lint bench
+.PHONY: up demo test install browser lint bench
 
 $(BIN)/flexiroaster: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +17,20 @@ $(BIN)/flexiroaster: pyproject.toml
 
 install: $(BIN)/flexiroaster
 
+up: install
+	$(BIN)/flexiroaster up
+
 demo: install
 	$(BIN)/flexiroaster demo
 
-test: install
+# The browser test drives Debian's Chromium through Playwright (never `playwright install`).
+browser:
+	@test -x /usr/bin/chromium || { \
+	  echo "installing Chromium for the browser test (apt-get)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 lint: install
