@@ -134,7 +134,11 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._con = duckdb.connect(str(self.path))
+            # No extension is downloaded behind the user's back (e.g. by a /query that names a
+            # URL): what a pipeline needs is installed on purpose.
+            self._con = duckdb.connect(
+                str(self.path), config={"autoinstall_known_extensions": "false"}
+            )
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
                 raise StoreLocked(_locked_message(self.path, exc)) from None

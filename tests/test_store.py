@@ -250,3 +250,7 @@ def test_a_trigger_is_durable_before_it_returns(store, engine):
     assert staged == [(1,)]
     engine.execute(run)
     assert store.get_execution(run.record.id).status == RunStatus.COMPLETED
+
+
+def test_the_store_never_downloads_extensions_on_its_own(store):
+    assert rows(store, "select current_setting('autoinstall_known_extensions')") == [(False,)]
