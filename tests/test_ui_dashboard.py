@@ -57,3 +57,62 @@ def test_dashboard_with_empty_history(ui_runtime):
     assert metric(at, "Runs today (UTC)") == "0"
     assert metric(at, "Success rate") == "-"
     assert "No failed runs in the history." in [m.value for m in at.markdown]
+
+
+def test_schedules_create_interval_then_pause(ui_runtime):
+    _, c = ui_runtime
+    at = app_test("pages/schedules.py")
+    assert not at.exception
+    at.text_input(key="sf_name").input("every two hours").run()
+    at.selectbox(key="sf_pipeline").select(WORKING).run()
+    at.selectbox(key="sf_type").select("interval").run()
+    at.text_input(key="sf_expression").input("every 2 hours").run()
+    assert not at.exception
+    assert "Next fire times" in " ".join(x.value for x in at.caption)  # the live preview
+    at.button(key="sf_save").click().run()
+    assert not at.exception
+    assert not at.error, [e.value for e in at.error]
+
+    made = c.schedules()["schedules"][0]
+    assert (made["pipeline_id"], made["type"], made["enabled"]) == (WORKING, "interval", True)
+    listed = at.dataframe[0].value
+    row = listed[listed["id"] == made["id"]].iloc[0]
+    assert row["next run (UTC)"] not in ("", "-")
+    assert bool(row["enabled"]) is True
+
+    assert at.selectbox(key="sched_selected").value == made["id"]
+    at.button(key="sched_pause").click().run()
+    assert not at.exception
+    assert c.schedule(made["id"])["enabled"] is False
+    listed = at.dataframe[0].value
+    row = listed[listed["id"] == made["id"]].iloc[0]
+    assert bool(row["enabled"]) is False
+    assert row["next run (UTC)"] == "-"
+    assert at.button(key="sched_resume")  # the button flips to Resume
+
+
+def test_schedules_form_shows_api_errors(ui_runtime):
+    at = app_test("pages/schedules.py")
+    at.text_input(key="sf_name").input("bad one").run()
+    at.selectbox(key="sf_type").select("interval").run()
+    at.text_input(key="sf_expression").input("now and then").run()
+    assert not at.exception
+    assert any("is not an interval" in e.value for e in at.error)
+
+
+def test_schedules_webhook_secret_shown_once(ui_runtime):
+    _, c = ui_runtime
+    at = app_test("pages/schedules.py")
+    at.text_input(key="sf_name").input("orders hook").run()
+    at.selectbox(key="sf_type").select("webhook").run()
+    at.text_input(key="sf_expression").input("orders-arrived").run()
+    at.button(key="sf_save").click().run()
+    assert not at.exception
+    assert any("not shown again" in w.value for w in at.warning)
+    curl = [x.value for x in at.code if x.value.startswith("curl")]
+    assert curl and "/api/v1/hooks/orders-arrived" in curl[0]
+    secret = at.code[0].value
+    run = c.call_webhook("orders-arrived", secret, {})  # the secret shown is the real one
+    assert run["trigger"]
+    at.button(key="sched_secret_done").click().run()
+    assert not any("not shown again" in w.value for w in at.warning)
