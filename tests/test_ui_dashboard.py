@@ -116,3 +116,61 @@ def test_schedules_webhook_secret_shown_once(ui_runtime):
     assert run["trigger"]
     at.button(key="sched_secret_done").click().run()
     assert not any("not shown again" in w.value for w in at.warning)
+
+
+def logs_table(at):
+    assert not at.exception
+    assert at.dataframe, [m.value for m in at.markdown]
+    return at.dataframe[0].value
+
+
+def test_logs_text_and_level_filters(runs):
+    c, bad, good = runs
+    at = app_test("pages/logs.py")
+    everything = logs_table(at)
+    assert {f"/executions?run={bad['id']}", f"/executions?run={good['id']}"} <= set(
+        everything["run"]
+    )
+    assert list(everything["time (UTC)"]) == sorted(everything["time (UTC)"], reverse=True)
+
+    at.text_input(key="logs_q").input("run completed").run()
+    found = logs_table(at)
+    assert list(found["message"]) == ["run completed"]
+    assert list(found["run"]) == [f"/executions?run={good['id']}"]
+    assert list(found["pipeline"]) == [WORKING]
+
+    at.text_input(key="logs_q").input("").run()
+    at.selectbox(key="logs_level").select("ERROR").run()
+    errors = logs_table(at)
+    assert len(errors) >= 2  # the stage's failure and the run's
+    assert set(errors["level"]) == {"ERROR"}
+    assert set(errors["run"]) == {f"/executions?run={bad['id']}"}
+    assert any("count_matches_ledger" in m for m in errors["message"])
+    # what the runtime itself says: these are all of the failing run's ERROR lines
+    assert len(errors) == len(c.logs(bad["id"], level="ERROR")["logs"])
+
+
+def test_logs_paging_and_follow(runs):
+    c, bad, good = runs
+    at = app_test("pages/logs.py")
+    at.selectbox(key="logs_limit").select(20).run()
+    first = logs_table(at)
+    total = len(c.search_logs(limit=5000)["logs"])
+    assert 40 < total <= 60, total  # two sample runs: 3 pages of 20
+    assert len(first) == 20
+    at.button(key="logs_older").click().run()
+    assert len(logs_table(at)) == 40
+    at.button(key="logs_older").click().run()
+    every = logs_table(at)
+    assert len(every) == total
+    assert every["time (UTC)"].is_monotonic_decreasing
+    assert "logs_older" not in [b.key for b in at.button]  # no older lines left
+    at.selectbox(key="logs_limit").select(200).run()
+    at.toggle(key="logs_follow").set_value(True).run()
+    newer = c.wait(c.trigger(WORKING)["id"], 60)
+    at.run()  # what the 2 s timer does
+    lines = logs_table(at)
+    assert lines["run"].iloc[0] == f"/executions?run={newer['id']}"
+    assert len(lines) == len(c.search_logs(limit=5000)["logs"]) > total
+    at.text_input(key="logs_since").input("yesterday").run()
+    assert any("not a date or time" in e.value for e in at.error)
