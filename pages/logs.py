@@ -114,6 +114,7 @@ def show_lines(c, following: bool) -> None:
     st.dataframe(
         frame,
         hide_index=True,
+        height=min(38 + 35 * len(frame), 640),
         column_config={
             "run": st.column_config.LinkColumn("run", display_text=r"run=(.*)"),
             "message": st.column_config.TextColumn("message", width="large"),
@@ -149,7 +150,7 @@ except FlexiError as exc:
     ui.show_error(exc, "Could not list pipelines")
     pipeline_ids = []
 
-cols = st.columns([1, 2, 2, 3])
+cols = st.columns([1.3, 2, 2, 3])
 level = cols[0].selectbox("Level (minimum)", LEVELS, key="logs_level")
 pipeline = cols[1].selectbox("Pipeline", [ALL, *pipeline_ids], key="logs_pipeline")
 run_id = cols[2].text_input("Run id", key="logs_run")

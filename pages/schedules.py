@@ -41,6 +41,7 @@ FORM_DEFAULTS: dict[str, Any] = {
     "sf_catchup": "skip",
     "sf_catchup_cap": 10,
     "sf_overlap": "default",
+    "sf_enabled": True,
 }
 
 
@@ -89,6 +90,7 @@ def form_fields() -> dict[str, Any]:
         "params": parse_params(s["sf_params"]),
         "catchup": s["sf_catchup"],
         "catchup_cap": int(s["sf_catchup_cap"]),
+        "enabled": bool(s["sf_enabled"]),
     }
     if OVERLAPS[s["sf_overlap"]]:
         fields["overlap"] = OVERLAPS[s["sf_overlap"]]
@@ -118,6 +120,7 @@ def load_form(schedules: dict[str, dict]) -> None:
     state["sf_catchup"] = s["catchup"]
     state["sf_catchup_cap"] = s["catchup_cap"]
     state["sf_overlap"] = s["overlap"]
+    state["sf_enabled"] = s["enabled"]
 
 
 # --- callbacks (run before the page, so they may set widget state) --------------------------------
@@ -334,6 +337,7 @@ with right:
         key="sf_overlap",
         help="default: skip for cron and interval, queue for webhook and event",
     )
+    st.checkbox("Enabled", key="sf_enabled", help="A paused schedule keeps its settings")
 
 # live preview of the form's fire times
 fields = None

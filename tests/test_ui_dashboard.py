@@ -90,6 +90,21 @@ def test_schedules_create_interval_then_pause(ui_runtime):
     assert row["next run (UTC)"] == "-"
     assert at.button(key="sched_resume")  # the button flips to Resume
 
+    # edit: the form loads the schedule, and saving changes it in the runtime
+    at.selectbox(key="sf_target").select(made["id"]).run()
+    assert at.text_input(key="sf_expression").value == "every 2 hours"
+    assert at.checkbox(key="sf_enabled").value is False  # paused stays paused when edited
+    at.text_input(key="sf_expression").input("every 3 hours").run()
+    at.text_area(key="sf_params").input("region=eu\nlimit=5").run()
+    at.button(key="sf_save").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    changed = c.schedule(made["id"])
+    assert changed["enabled"] is False
+    assert (changed["expression"], changed["params"]) == (
+        "every 3 hours",
+        {"region": "eu", "limit": 5},
+    )
+
 
 def test_schedules_form_shows_api_errors(ui_runtime):
     at = app_test("pages/schedules.py")
