@@ -1,0 +1,141 @@
+"""The Pipelines, Executions, Data, Insights, Alerts and Settings pages against a real runtime
+(AppTest, in-process; the runtime is served over HTTP by the `ui_runtime` fixture)."""
+
+from __future__ import annotations
+
+from .conftest import app_test
+
+SAMPLES = {
+    "api-data-sync",
+    "customer-data-validation",
+    "daily-report-generator",
+    "etl-data-pipeline",
+    "inventory-reconciliation",
+    "log-analyzer",
+    "ml-model-training",
+}
+
+
+def button(at, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def frames(at) -> list:
+    return [d.value for d in at.dataframe]
+
+
+def test_every_page_renders_without_an_exception(ui_runtime):
+    for page in (
+        "dashboard", "pipelines", "executions", "schedules", "data", "insights", "alerts",
+        "logs", "settings",
+    ):  # fmt: skip
+        at = app_test(f"pages/{page}.py")
+        assert not at.exception, (page, at.exception)
+        assert at.title and at.title[0].value
+
+
+def test_pipelines_lists_the_samples_and_runs_one_that_shows_in_executions(ui_runtime):
+    _, c = ui_runtime
+    at = app_test("pages/pipelines.py")
+    assert SAMPLES <= set(frames(at)[0]["id"])
+    at.selectbox(key="pl_open").select("log-analyzer").run()
+    button(at, "Run now").click().run()
+    assert not at.exception, at.exception
+    run_id = at.session_state["pl_last_run"]
+    assert c.wait(run_id, timeout=60)["status"] == "completed"
+
+    ex = app_test("pages/executions.py")
+    listed = frames(ex)[0]
+    assert any(run_id in link for link in listed["run"])
+    ex.query_params["run"] = run_id
+    ex.run()
+    assert not ex.exception, ex.exception
+    stages = next(f for f in frames(ex) if "stage" in f.columns)
+    expected = [s["stage_id"] for s in c.execution(run_id)["stages"]]
+    assert list(stages["stage"]) == expected and "read_log" in expected
+    assert any(m.value == "completed" for m in ex.metric)
+
+
+def test_invalid_yaml_shows_its_line_and_is_not_saved(ui_runtime):
+    _, c = ui_runtime
+    before = len(c.versions("log-analyzer")["versions"])
+    at = app_test("pages/pipelines.py")
+    at.selectbox(key="pl_open").select("log-analyzer").run()
+    good = c.pipeline("log-analyzer")
+    bad = good["yaml"].replace("type: sql", "type: sqll", 1)
+    line = next(i for i, x in enumerate(bad.splitlines(), 1) if "sqll" in x)
+    at.text_area(key=f"yaml_log-analyzer_{good['version']}").input(bad).run()
+    errors = " ".join(e.value for e in at.error)
+    assert "unknown stage type 'sqll'" in errors and f"line {line}" in errors
+    button(at, "Save as a new version").click().run()
+    assert not at.exception, at.exception
+    assert "Not saved" in " ".join(e.value for e in at.error)
+    assert len(c.versions("log-analyzer")["versions"]) == before
+
+
+def test_a_template_becomes_a_new_pipeline(ui_runtime):
+    _, c = ui_runtime
+    at = app_test("pages/pipelines.py")
+    at.selectbox(key="tpl_pick").select("log-analyzer").run()
+    at.text_input(key="new_pipeline_name").input("Log Analyzer Copy").run()
+    button(at, "Create").click().run()
+    assert not at.exception, at.exception
+    made = c.pipeline("log-analyzer-copy")
+    assert [s["id"] for s in made["stages"]] == [
+        s["id"] for s in c.pipeline("log-analyzer")["stages"]
+    ]
+
+
+def test_data_page_lists_tables_queries_them_and_shows_duckdbs_errors(ui_runtime):
+    _, c = ui_runtime
+    run = c.wait(c.trigger("etl-data-pipeline")["id"], timeout=60)
+    assert run["status"] == "completed"
+    tables = {f"{t['schema_name']}.{t['name']}": t for t in c.tables()["tables"]}
+    name, table = next((k, t) for k, t in tables.items() if t["kind"] == "table" and t["rows"])
+
+    at = app_test("pages/data.py")
+    listing = frames(at)[0]
+    row = listing[listing["table"] == name].iloc[0]
+    assert row["rows"] == table["rows"]
+
+    at.text_area(key="sql").input(f"select count(*) as n from {name}").run()
+    at.button(key="run_sql").click().run()
+    assert not at.exception, at.exception
+    result = next(f for f in frames(at) if list(f.columns) == ["n"])
+    assert result["n"][0] == table["rows"] == c.query(f"select count(*) from {name}")["rows"][0][0]
+
+    at.text_area(key="sql").input("select * from no_such_table").run()
+    at.button(key="run_sql").click().run()
+    assert not at.exception, at.exception
+    assert "no_such_table" in " ".join(e.value for e in at.error)
+    at.text_area(key="sql").input(f"drop table {name}").run()
+    at.button(key="run_sql").click().run()
+    assert "The query failed" in " ".join(e.value for e in at.error)
+    assert name in {f"{t['schema_name']}.{t['name']}" for t in c.tables()["tables"]}
+
+
+def test_insights_alerts_and_settings_show_real_history(ui_runtime):
+    _, c = ui_runtime
+    bad = c.wait(c.trigger("inventory-reconciliation")["id"], timeout=90)
+    assert bad["status"] == "failed"
+    good = c.wait(c.trigger("log-analyzer")["id"], timeout=60)
+    assert good["status"] == "completed"
+
+    at = app_test("pages/insights.py")
+    table = frames(at)[0].set_index("pipeline")
+    assert (
+        table.loc["log-analyzer", "runs"] == 1
+        and table.loc["log-analyzer", "success rate %"] == 100
+    )
+    assert table.loc["inventory-reconciliation", "success rate %"] == 0
+
+    al = app_test("pages/alerts.py")
+    failed = next(f for f in frames(al) if "failures" in f.columns)
+    assert list(failed["pipeline"]) == ["inventory-reconciliation"]
+    assert bad["id"] in failed["latest"][0]
+
+    st_ = app_test("pages/settings.py")
+    values = frames(st_)[0].set_index("setting")["value"]
+    assert values["api_token_set"] == "not set"
+    assert values["data_dir"] == c.settings()["data_dir"]
+    assert not any(e for e in (at.exception, al.exception, st_.exception))
