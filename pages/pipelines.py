@@ -1,9 +1,10 @@
-"""Pipelines: the list with last and next runs; a YAML editor with live validation, the DAG,
+"""Pipelines: the list with last and next runs; a YAML editor validated on every change, the DAG,
 versions with a diff, run with parameters, new from a template, delete."""
 
 from __future__ import annotations
 
 import difflib
+import json
 import re
 
 import pandas as pd
@@ -16,167 +17,260 @@ c = ui.client()
 st.title("Pipelines")
 
 
-def numbered(text: str) -> str:
-    return "\n".join(f"{i:4} │ {line}" for i, line in enumerate(text.splitlines(), 1))
+def error_lines(errors: list[str]) -> set[int]:
+    """The YAML line numbers the validation errors point at."""
+    return {int(n) for e in errors for n in re.findall(r"\bline (\d+)", e)}
+
+
+def numbered(text: str, marks: set[int] = frozenset(), around: int | None = None) -> str:
+    """The text with line numbers, ▶ on marked lines; only `around` lines either side of a mark
+    when given."""
+    rows = text.splitlines()
+    keep = range(1, len(rows) + 1)
+    if around is not None and marks:
+        keep = sorted({n for m in marks for n in range(m - around, m + around + 1)} & set(keep))
+    out, last = [], 0
+    for n in keep:
+        if last and n != last + 1:
+            out.append("     ┆")
+        out.append(f"{'▶' if n in marks else ' '}{n:4} │ {rows[n - 1]}")
+        last = n
+    return "\n".join(out)
 
 
 def validate(text: str) -> dict:
     try:
         return c.validate_pipeline(text)
-    except FlexiError as exc:
+    except FlexiError as exc:  # e.g. an empty body is a 400, not a validation answer
         return {"valid": False, "errors": [str(exc)]}
 
 
 def show_validation(result: dict, text: str) -> None:
+    """Valid, or each error and the lines it points at (numbered, so the line is easy to find)."""
     if result["valid"]:
-        st.success(f"Valid: {result.get('stages')} stage(s).")
+        st.success(f"Valid: pipeline {result['pipeline']!r}, {result['stages']} stage(s).")
         return
     for err in result["errors"]:
         st.error(err)
-    lines = {int(n) for e in result["errors"] for n in re.findall(r"\bline (\d+)", e)}
+    lines = {n for n in error_lines(result["errors"]) if 0 < n <= len(text.splitlines())}
     if lines:
-        rows = text.splitlines()
-        st.caption("At: " + "; ".join(f"line {n}: `{rows[n - 1].strip()}`" for n in sorted(lines)
-                                      if 0 < n <= len(rows)))  # fmt: skip
+        st.code(numbered(text, lines, around=2), language=None)
 
 
-def dag(pipeline: dict) -> str:
-    out = ["digraph { rankdir=LR; node [shape=box, style=rounded, fontsize=11];"]
-    for s in pipeline["stages"]:
-        out.append(f'"{s["id"]}" [label="{s["id"]}\\n({s["type"]})"];')
+def diff(old: str, new: str, old_name: str, new_name: str) -> str:
+    lines = difflib.unified_diff(
+        old.splitlines(), new.splitlines(), old_name, new_name, lineterm=""
+    )
+    return "\n".join(lines) or "(no change)"
+
+
+def dag(stages: list[dict]) -> str:
+    """The stages and their dependencies as a Graphviz DOT graph."""
+    out = ['digraph { rankdir=LR; node [shape=box, style=rounded, fontname="sans-serif"];']
+    for s in stages:
+        out.append(f'"{s["id"]}" [label="{s["id"]}\\n{s["type"]}"];')
         out += [f'"{d}" -> "{s["id"]}";' for d in s["dependencies"]]
-    return "\n".join(out + ["}"])
+    return "\n".join([*out, "}"])
+
+
+def renamed(yaml_text: str, name: str) -> str:
+    """The pipeline YAML with its top-level `name:` replaced (quoted, so "2026" stays a string)."""
+    line = f"name: {json.dumps(name)}"
+    if re.search(r"(?m)^name:.*$", yaml_text):
+        return re.sub(r"(?m)^name:.*$", lambda _: line, yaml_text, count=1)
+    return f"{line}\n{yaml_text}"
+
+
+def param_value(text: str) -> object:
+    """A run parameter typed the way YAML variables are: numbers and booleans, else the text."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, int | float | bool) else text
+
+
+def goto(pipeline_id: str | None, message: str = "") -> None:
+    """Open another pipeline (or the first) on the next run, with a message."""
+    st.session_state["pl_goto"] = pipeline_id
+    if message:
+        st.session_state["pl_flash"] = message
+    st.rerun()
 
 
 try:
     pipelines = c.pipelines(limit=1000)["pipelines"]
     schedules = c.schedules()["schedules"]
 except FlexiError as exc:
-    ui.show_error(exc, "Could not load pipelines")
+    ui.show_error(exc, "Could not load the pipelines")
     st.stop()
 
-nexts: dict[str, str] = {}
+if "pl_goto" in st.session_state:  # set before the selectbox exists in this run
+    target = st.session_state.pop("pl_goto")
+    if target:
+        st.session_state["pl_open"] = target
+    else:
+        st.session_state.pop("pl_open", None)
+if "pl_flash" in st.session_state:
+    st.success(st.session_state.pop("pl_flash"))
+
+next_run: dict[str, str] = {}
 for s in schedules:
-    if s["next_run_at"] and (
-        s["pipeline_id"] not in nexts or s["next_run_at"] < nexts[s["pipeline_id"]]
-    ):
-        nexts[s["pipeline_id"]] = s["next_run_at"]
+    at, pid = s["next_run_at"], s["pipeline_id"]
+    if s["enabled"] and at and (pid not in next_run or at < next_run[pid]):
+        next_run[pid] = at
+
 rows = []
 for p in pipelines:
-    last = c.executions(pipeline_id=p["id"], limit=1)["executions"]
+    try:
+        last = c.executions(pipeline_id=p["id"], limit=1)["executions"]
+    except FlexiError:
+        last = []
     rows.append(
-        {"id": p["id"], "name": p["name"], "stages": len(p["stages"]), "version": p["version"],
-         "last run": ui.icon(last[0]["status"]) if last else "-",
-         "last run at": ui.ago(last[0]["created_at"]) if last else "-",
-         "next run (UTC)": ui.when(nexts.get(p["id"])), "description": p["description"]}
-    )  # fmt: skip
+        {
+            "id": p["id"],
+            "name": p["name"],
+            "stages": len(p["stages"]),
+            "version": p["version"],
+            "last run": ui.icon(last[0]["status"]) if last else "never run",
+            "last run at": ui.ago(last[0]["created_at"]) if last else "-",
+            "next run (UTC)": ui.when(next_run.get(p["id"])),
+            "description": p["description"],
+        }
+    )
+st.caption(f"{len(pipelines)} pipeline(s)")
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="pl_table")
 
-tab_edit, tab_new = st.tabs(["Open a pipeline", "New from a template"])
+tab_open, tab_new = st.tabs(["Open a pipeline", "New from a template"])
 
 with tab_new:
-    if pipelines:
-        template = st.selectbox("Template", [p["id"] for p in pipelines], key="tpl_pick")
-        name = st.text_input("Name of the new pipeline", key="new_pipeline_name")
-        source = next(p for p in pipelines if p["id"] == template)["yaml"]
-        if name.strip():
-            text = re.sub(r"(?m)^name:.*$", f"name: {name.strip()}", source, count=1)
-            result = validate(text)
-            show_validation(result, text)
-            if st.button("Create", key="tpl_create", disabled=not result["valid"]):
+    if not pipelines:
+        st.write("There is no stored pipeline to start from: add one with `flexiroaster import`.")
+    else:
+        by_id = {p["id"]: p for p in pipelines}
+        template = st.selectbox(
+            "Template",
+            list(by_id),
+            key="tpl_pick",
+            format_func=lambda i: f"{by_id[i]['name']} ({len(by_id[i]['stages'])} stages)",
+        )
+        name = st.text_input("Name of the new pipeline", key="new_pipeline_name").strip()
+        if name:
+            new_yaml = renamed(by_id[template]["yaml"], name)
+            checked = validate(new_yaml)
+            show_validation(checked, new_yaml)
+            with st.expander("The new pipeline's YAML"):
+                st.code(new_yaml, language="yaml", line_numbers=True)
+            if st.button("Create", key="tpl_create", type="primary", disabled=not checked["valid"]):
                 try:
-                    made = c.create_pipeline(text)
+                    made = c.create_pipeline(new_yaml)
                 except FlexiError as exc:
-                    ui.show_error(exc, "Create")
+                    ui.show_error(exc, "Not created")
                 else:
-                    st.success(f"Created {made['id']}.")
-                    st.session_state["pl_open"] = made["id"]
-                    st.rerun()
+                    goto(made["id"], f"Created pipeline {made['id']} from {template}.")
 
-with tab_edit:
+with tab_open:
     ids = [p["id"] for p in pipelines]
     if not ids:
-        st.write("No pipelines yet: create one from a template.")
+        st.write(
+            "No pipelines yet: create one from a template, or put YAML files in data/pipelines."
+        )
         st.stop()
     pid = st.selectbox("Pipeline", ids, key="pl_open")
-    current = c.pipeline(pid)
+    try:
+        current = c.pipeline(pid)
+    except FlexiError as exc:
+        ui.show_error(exc, f"Pipeline {pid}")
+        st.stop()
     st.caption(
         f"version {current['version']} saved {ui.when(current['updated_at'])} UTC;"
         f" {len(current['stages'])} stages"
+        + (f"; owner {current['owner']}" if current["owner"] else "")
+        + (f"; tags {', '.join(current['tags'])}" if current["tags"] else "")
     )
-    st.graphviz_chart(dag(current))
+    st.graphviz_chart(dag(current["stages"]))
 
     run_col, edit_col = st.columns([1, 2])
     with run_col:
         st.markdown("**Run**")
-        with st.form("pl_run_form"):
-            params = {
+        with st.form(f"pl_run_form_{pid}"):
+            values = {
                 k: st.text_input(k, value=str(v), key=f"param_{pid}_{k}")
                 for k, v in current["variables"].items()
             }
             extra = st.text_area("More parameters (name=value per line)", key=f"extra_{pid}")
             go = st.form_submit_button("Run now", type="primary")
         if go:
+            params = {
+                k: param_value(v) for k, v in values.items() if str(current["variables"][k]) != v
+            }
             for line in extra.splitlines():
                 if "=" in line:
                     k, v = line.split("=", 1)
-                    params[k.strip()] = v.strip()
-            changed = {k: v for k, v in params.items() if str(current["variables"].get(k)) != v}
+                    params[k.strip()] = param_value(v.strip())
             try:
-                run = c.trigger(pid, changed)
+                run = c.trigger(pid, params)
             except FlexiError as exc:
-                ui.show_error(exc, "Run")
+                ui.show_error(exc, "Not started")
             else:
                 st.session_state["pl_last_run"] = run["id"]
         if st.session_state.get("pl_last_run"):
             rid = st.session_state["pl_last_run"]
-            st.success(f"Started run {rid}.")
-            st.page_link("pages/executions.py", label=f"Open run {rid}", query_params={"run": rid})
+            st.success(f"Started run [{rid}]({ui.run_link(rid)}).")
+            st.page_link(
+                "pages/executions.py", label=f"Open run {rid}", icon="▶️", query_params={"run": rid}
+            )
 
     with edit_col:
         st.markdown("**YAML**")
-        key = f"yaml_{pid}_{current['version']}"
-        text = st.text_area("Pipeline YAML", value=current["yaml"], height=380, key=key)
-        st.session_state["pipeline_yaml"] = text
+        # The editor holds the open pipeline's latest version until the user edits it.
+        if st.session_state.get("pipeline_yaml_of") != (pid, current["version"]):
+            st.session_state["pipeline_yaml"] = current["yaml"]
+            st.session_state["pipeline_yaml_of"] = (pid, current["version"])
+        text = st.text_area("Pipeline YAML (Ctrl+Enter to check)", height=400, key="pipeline_yaml")
         result = validate(text)
         show_validation(result, text)
-        if text != current["yaml"]:
-            diff = "\n".join(
-                difflib.unified_diff(
-                    current["yaml"].splitlines(), text.splitlines(),
-                    f"version {current['version']}", "edited", lineterm="",
-                )
-            )  # fmt: skip
-            st.code(diff, language="diff")
-        if st.button("Save as a new version", key="pl_save", disabled=text == current["yaml"]):
+        with st.expander("The YAML with line numbers"):
+            st.code(numbered(text, error_lines(result["errors"])), language=None)
+        edited = text != current["yaml"]
+        if edited:
+            st.markdown(f"Changes against version {current['version']}:")
+            st.code(diff(current["yaml"], text, f"version {current['version']}", "edited"), "diff")
+        if st.button("Save as a new version", key="pl_save", disabled=not edited):
             if not result["valid"]:
-                st.error("Not saved: fix the errors above first.")
+                st.error(
+                    "Not saved: the YAML is invalid. " + " ".join(result["errors"])
+                )  # fmt: skip
             else:
                 try:
                     saved = c.update_pipeline(pid, text)
                 except FlexiError as exc:
                     ui.show_error(exc, "Not saved")
                 else:
-                    st.success(f"Saved as version {saved['version']}.")
-                    st.rerun()
-        with st.expander("Versions"):
+                    goto(saved["id"], f"Saved {saved['id']} as version {saved['version']}.")
+
+        try:
             versions = c.versions(pid)["versions"]
-            for older, newer in zip(versions[1:], versions, strict=False):
-                st.markdown(f"version {newer['version']} ({ui.when(newer['created_at'])} UTC)")
-                st.code(
-                    "\n".join(difflib.unified_diff(
-                        older["yaml"].splitlines(), newer["yaml"].splitlines(),
-                        f"version {older['version']}", f"version {newer['version']}", lineterm="",
-                    )) or "(no change)",
-                    language="diff",
-                )  # fmt: skip
+        except FlexiError as exc:
+            ui.show_error(exc, "Could not read the versions")
+            versions = []
+        with st.expander(f"Versions ({len(versions)})"):
+            for newer, older in zip(versions, versions[1:], strict=False):
+                st.markdown(f"version {newer['version']}, {ui.when(newer['created_at'])} UTC")
+                label = f"version {older['version']}", f"version {newer['version']}"
+                st.code(diff(older["yaml"], newer["yaml"], *label), language="diff")
+            if versions:
+                st.markdown(f"version {versions[-1]['version']}: first saved.")
+
         with st.expander("Delete"):
-            sure = st.checkbox(f"Delete {pid} (its runs stay in the history)", key="pl_del_sure")
+            sure = st.checkbox(
+                f"Yes, delete {pid} (its past runs stay in the history)", key=f"pl_del_sure_{pid}"
+            )
             if st.button("Delete pipeline", key="pl_delete", disabled=not sure):
                 try:
                     c.delete_pipeline(pid)
                 except FlexiError as exc:
                     ui.show_error(exc, "Not deleted")
                 else:
-                    st.session_state.pop("pl_open", None)
-                    st.rerun()
+                    st.session_state.pop("pl_last_run", None)
+                    goto(None, f"Deleted pipeline {pid}.")
