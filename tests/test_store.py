@@ -156,7 +156,9 @@ def test_sigkill_mid_write_keeps_the_old_table_and_marks_the_run_failed(data_dir
     (data_dir / "p.yaml").write_text(textwrap.dedent(SLOW_WRITE.format(mode=mode)))
     proc = subprocess.Popen(
         [sys.executable, "-m", "flexiroaster", "run", str(data_dir / "p.yaml")],
-        env=_env(data_dir), stdout=subprocess.PIPE, text=True,
+        # frequent flushes: the stage's start reaches the file even on a busy machine
+        env=_env(data_dir) | {"FLEXIROASTER_LOG_FLUSH_INTERVAL": "0.05"},
+        stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     for line in proc.stdout:
         if ".. write (output)" in line:
