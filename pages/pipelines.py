@@ -152,7 +152,7 @@ with tab_new:
             "Template",
             list(by_id),
             key="tpl_pick",
-            format_func=lambda i: f"{by_id[i]['name']} ({len(by_id[i]['stages'])} stages)",
+            format_func=lambda i: f"{i} ({len(by_id[i]['stages'])} stages)",
         )
         name = st.text_input("Name of the new pipeline", key="new_pipeline_name").strip()
         if name:
