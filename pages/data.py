@@ -1,4 +1,5 @@
-"""Data: the tables pipelines wrote, a read-only SQL editor, a quick chart, downloads."""
+"""Data: the tables pipelines wrote (schema and a preview), a read-only SQL editor over the query
+API, a quick chart of the result, and CSV/Parquet downloads of it."""
 
 from __future__ import annotations
 
@@ -14,21 +15,51 @@ from flexiroaster.errors import FlexiError
 c = ui.client()
 st.title("Data")
 
+PREVIEW_ROWS = 100
+CHARTS = ["bar", "line", "scatter", "histogram"]
+NONE = "(none)"
+
 
 def quoted(*names: str) -> str:
+    """`"schema"."name"`, with any double quote inside a name doubled."""
     return ".".join('"' + n.replace('"', '""') + '"' for n in names)
 
 
+def frame_of(res: dict) -> pd.DataFrame:
+    return pd.DataFrame(res["rows"], columns=res["columns"])
+
+
 def run_query(sql: str) -> None:
-    """Run `sql` through the read-only query API; keep the result (or the error) in the session."""
+    """Run `sql` through the read-only query API; keep the result (or the error) in the session,
+    so the chart and the downloads still have it after later reruns."""
     try:
         res = c.query(sql)
     except FlexiError as exc:
-        st.session_state["data_result"] = {"sql": sql, "error": str(exc)}
+        st.session_state["data_result"] = {"sql": sql, "error": exc}
         return
-    frame = pd.DataFrame(res["rows"], columns=res["columns"])
-    st.session_state["data_result"] = {"sql": sql, "frame": frame, "meta": res}
+    st.session_state["data_result"] = {"sql": sql, "frame": frame_of(res), "meta": res}
 
+
+def open_in_editor(sql: str) -> None:
+    """Button callback: put `sql` in the editor (before the editor is drawn) and run it."""
+    st.session_state["sql"] = sql
+    run_query(sql)
+
+
+def parquet_of(sql: str):
+    """A download callable: the result again, as Arrow from the API, written as Parquet."""
+
+    def build() -> bytes:
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(c.query_arrow(sql), buf)
+        return buf.getvalue()
+
+    return build
+
+
+# --- the tables ------------------------------------------------------------------------------
 
 try:
     tables = c.tables()["tables"]
@@ -36,85 +67,113 @@ except FlexiError as exc:
     ui.show_error(exc, "Could not list the tables")
     tables = []
 
-left, right = st.columns([1, 2])
-with left:
-    st.subheader("Tables")
-    if not tables:
-        st.write("No pipeline has written a table yet. Run one from the Pipelines page.")
-    else:
-        listing = pd.DataFrame(
-            [
-                {"table": f"{t['schema_name']}.{t['name']}", "kind": t["kind"], "rows": t["rows"],
-                 "columns": len(t["columns"])}
-                for t in tables
-            ]
-        )  # fmt: skip
+st.subheader("Tables")
+if not tables:
+    st.write("No pipeline has written a table yet. Run one from the Pipelines page.")
+else:
+    names = [f"{t['schema_name']}.{t['name']}" for t in tables]
+    listing = pd.DataFrame(
+        [
+            {
+                "table": name,
+                "kind": t["kind"],
+                "rows": t["rows"],
+                "columns": ", ".join(f"{col['name']} {col['type']}" for col in t["columns"]),
+            }
+            for name, t in zip(names, tables, strict=True)
+        ]
+    )
+    left, right = st.columns([2, 3])
+    with left:
         st.dataframe(listing, hide_index=True, width="stretch", key="data_tables")
-        names = [f"{t['schema_name']}.{t['name']}" for t in tables]
         picked = st.selectbox("Table", names, key="data_table")
-        table = tables[names.index(picked)]
-        st.caption(f"{table['kind']}, {table['rows'] if table['rows'] is not None else '?'} rows")
-        st.dataframe(
-            pd.DataFrame(table["columns"]), hide_index=True, width="stretch", key="data_columns"
-        )
-        if st.button("Preview 100 rows", key="data_preview"):
-            sql = f"select * from {quoted(table['schema_name'], table['name'])} limit 100"
-            st.session_state["sql"] = sql
-            run_query(sql)
-
-with right:
-    st.subheader("SQL")
-    st.caption(
-        "Read-only: one SELECT, DESCRIBE, SHOW or EXPLAIN, with a row cap and a timeout. Run"
-        " metadata is in schema `flexiroaster`."
+    table = tables[names.index(picked)]
+    preview_sql = (
+        f"select * from {quoted(table['schema_name'], table['name'])} limit {PREVIEW_ROWS}"
     )
-    sql = st.text_area(
-        "Query", key="sql", height=140, placeholder="select * from my_table limit 10"
-    )
-    if st.button("Run", key="run_sql", type="primary") and sql.strip():
-        with st.spinner("Running ..."):
-            run_query(sql)
-
-    result = st.session_state.get("data_result")
-    if result and "error" in result:
-        st.error(f"The query failed: {result['error']}")
-    elif result:
-        frame: pd.DataFrame = result["frame"]
-        meta = result["meta"]
-        more = " (capped: more rows exist)" if meta["truncated"] else ""
-        st.caption(f"{meta['row_count']} row(s) in {meta['elapsed_ms']:.0f} ms{more}")
-        st.dataframe(frame, hide_index=True, width="stretch", key="data_result_table")
-
-        d1, d2 = st.columns(2)
-        d1.download_button(
-            "Download CSV", frame.to_csv(index=False).encode(), "result.csv", "text/csv",
-            key="data_csv",
-        )  # fmt: skip
-        try:
-            buf = io.BytesIO()
-            frame.to_parquet(buf, index=False)
-            d2.download_button(
-                "Download Parquet", buf.getvalue(), "result.parquet",
-                "application/octet-stream", key="data_parquet",
-            )  # fmt: skip
-        except (ValueError, TypeError, ImportError) as exc:
-            d2.caption(f"No Parquet for this result: {exc}")
-
-        if len(frame.columns) and len(frame):
-            with st.expander("Chart", expanded=False):
-                cols = list(frame.columns)
-                kind = st.selectbox(
-                    "Chart", ["bar", "line", "scatter", "histogram"], key="chart_kind"
+    with right:
+        rows = table["rows"] if table["rows"] is not None else "row count not known for a view"
+        st.markdown(f"**{picked}** ({table['kind']}, {rows} rows)")
+        schema_tab, preview_tab = st.tabs(["Schema", f"First {PREVIEW_ROWS} rows"])
+        with schema_tab:
+            st.dataframe(
+                pd.DataFrame(table["columns"], columns=["name", "type"]),
+                hide_index=True,
+                width="stretch",
+                key="data_columns",
+            )
+        with preview_tab:
+            try:
+                st.dataframe(
+                    frame_of(c.query(preview_sql)),
+                    hide_index=True,
+                    width="stretch",
+                    key="data_preview_table",
                 )
-                x = st.selectbox("x", cols, key="chart_x")
-                y = st.selectbox("y", ["(count)", *cols], key="chart_y", index=min(2, len(cols)))
-                colour = st.selectbox("colour", ["(none)", *cols], key="chart_colour")
-                kw = {"x": x, "color": None if colour == "(none)" else colour}
-                try:
-                    if kind == "histogram" or y == "(count)":
-                        fig = px.histogram(frame, **kw)
-                    else:
-                        fig = getattr(px, kind)(frame, y=y, **kw)
-                    st.plotly_chart(fig, key="chart")
-                except (ValueError, TypeError) as exc:
-                    st.warning(f"Cannot draw that chart: {exc}")
+            except FlexiError as exc:
+                ui.show_error(exc, f"Could not preview {picked}")
+        st.button(
+            "Open in the SQL editor",
+            key="data_preview",
+            on_click=open_in_editor,
+            args=(preview_sql,),
+        )
+
+# --- the SQL editor --------------------------------------------------------------------------
+
+st.subheader("SQL")
+st.caption(
+    "Read-only: one SELECT, DESCRIBE, SHOW, SUMMARIZE or EXPLAIN, with the runtime's row cap and"
+    " timeout. Run metadata is in schema `flexiroaster` (executions, stage_executions, logs)."
+)
+sql = st.text_area("Query", key="sql", height=140, placeholder="select * from my_table limit 10")
+if st.button("Run", key="run_sql", type="primary") and sql.strip():
+    with st.spinner("Running ..."):
+        run_query(sql)
+
+result = st.session_state.get("data_result")
+if result and "error" in result:
+    ui.show_error(result["error"], "The query failed")
+elif result:
+    frame: pd.DataFrame = result["frame"]
+    meta = result["meta"]
+    more = " (capped: more rows exist)" if meta["truncated"] else ""
+    st.caption(f"{meta['row_count']} row(s) in {meta['elapsed_ms']:.0f} ms{more}")
+    st.dataframe(frame, hide_index=True, width="stretch", key="data_result_table")
+
+    d1, d2, _ = st.columns([1, 1, 4])
+    d1.download_button(
+        "Download CSV",
+        frame.to_csv(index=False).encode(),
+        "result.csv",
+        "text/csv",
+        key="data_csv",
+    )
+    d2.download_button(
+        "Download Parquet",
+        parquet_of(result["sql"]),
+        "result.parquet",
+        "application/vnd.apache.parquet",
+        key="data_parquet",
+    )
+
+    if len(frame.columns) and len(frame):
+        with st.expander("Chart", expanded=False):
+            cols = list(frame.columns)
+            numeric = [col for col in cols if pd.api.types.is_numeric_dtype(frame[col])]
+            k1, k2, k3, k4 = st.columns(4)
+            kind = k1.selectbox("Chart", CHARTS, key="chart_kind")
+            x = k2.selectbox("x", cols, key="chart_x")
+            y_options = ["(count)", *cols]
+            y_default = y_options.index(numeric[-1]) if numeric else 0
+            y = k3.selectbox("y", y_options, index=y_default, key="chart_y")
+            colour = k4.selectbox("colour", [NONE, *cols], key="chart_colour")
+            kw = {"x": x, "color": None if colour == NONE else colour}
+            try:
+                if kind == "histogram" or y == "(count)":
+                    fig = px.histogram(frame, **kw)
+                else:
+                    fig = getattr(px, kind)(frame, y=y, **kw)
+                st.plotly_chart(fig, key="chart")
+            except (ValueError, TypeError) as exc:
+                st.warning(f"Cannot draw that chart: {exc}")
