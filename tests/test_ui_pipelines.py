@@ -170,6 +170,15 @@ def test_cancel_an_active_run_then_retry_it(ui_runtime):
         if c.execution(run_id)["stages"][0]["status"] == "running":
             break
         __import__("time").sleep(0.05)
+    # while it runs, its pipeline cannot be deleted: the API's 409 is shown, nothing deleted
+    pl = app_test("pages/pipelines.py")
+    pl.selectbox(key="pl_open").select("ui-slow").run()
+    pl.checkbox(key="pl_del_sure_ui-slow").check().run()
+    pl.button(key="pl_delete").click().run()
+    ok(pl)
+    assert "Not deleted" in texts(pl.error) and run_id in texts(pl.error)
+    assert c.pipeline("ui-slow")
+
     at = app_test()
     at.query_params["run"] = run_id
     at.switch_page("pages/executions.py").run()
@@ -216,3 +225,26 @@ def test_executions_filters_and_pages(ui_runtime):
     at.run()
     ok(at)
     assert "no-such-run" in texts(at.error)
+
+
+def test_executions_list_pages_by_fifty(ui_runtime):
+    _, c = ui_runtime
+    c.create_pipeline(
+        "name: ui-tiny\nstages:\n  - {id: one, type: sql, config: {query: select 1}}\n"
+    )
+    ids = [c.trigger("ui-tiny")["id"] for _ in range(51)]
+    for run_id in ids:
+        assert c.wait(run_id, timeout=60)["status"] == "completed"
+    at = app_test("pages/executions.py")
+    ok(at)
+    assert "51 run(s); showing 1–50" in texts(at.caption)
+    first = frame_with(at, "run")["run"].tolist()
+    assert len(first) == 50 and at.button(key="ex_prev").disabled
+    at.button(key="ex_next").click().run()
+    ok(at)
+    assert "showing 51–51" in texts(at.caption)
+    last = frame_with(at, "run")["run"].tolist()
+    assert sorted(first + last) == sorted(f"/executions?run={i}" for i in ids)
+    assert at.button(key="ex_next").disabled
+    at.button(key="ex_prev").click().run()
+    assert frame_with(at, "run")["run"].tolist() == first
