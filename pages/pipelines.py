@@ -13,6 +13,14 @@ import streamlit as st
 from flexiroaster import ui
 from flexiroaster.errors import FlexiError
 
+FILL = {
+    "completed": "#d4edda",
+    "failed": "#f8d7da",
+    "cancelled": "#e2e3e5",
+    "skipped": "#eeeeee",
+    "running": "#cfe2ff",
+    "retrying": "#fff3cd",
+}
 c = ui.client()
 st.title("Pipelines")
 
@@ -64,11 +72,15 @@ def diff(old: str, new: str, old_name: str, new_name: str) -> str:
     return "\n".join(lines) or "(no change)"
 
 
-def dag(stages: list[dict]) -> str:
-    """The stages and their dependencies as a Graphviz DOT graph."""
-    out = ['digraph { rankdir=LR; node [shape=box, style=rounded, fontname="sans-serif"];']
+def dag(stages: list[dict], status: dict[str, str]) -> str:
+    """The stages and their dependencies as a Graphviz DOT graph, filled by `status` (a run's)."""
+    out = [
+        'digraph { rankdir=LR; node [shape=box, style="rounded,filled", fillcolor=white,'
+        ' fontname="sans-serif"];'
+    ]
     for s in stages:
-        out.append(f'"{s["id"]}" [label="{s["id"]}\\n{s["type"]}"];')
+        fill = FILL.get(status.get(s["id"], ""), "white")
+        out.append(f'"{s["id"]}" [label="{s["id"]}\\n{s["type"]}", fillcolor="{fill}"];')
         out += [f'"{d}" -> "{s["id"]}";' for d in s["dependencies"]]
     return "\n".join([*out, "}"])
 
@@ -120,12 +132,14 @@ for s in schedules:
     if s["enabled"] and at and (pid not in next_run or at < next_run[pid]):
         next_run[pid] = at
 
-rows = []
+rows, last_run = [], {}
 for p in pipelines:
     try:
         last = c.executions(pipeline_id=p["id"], limit=1)["executions"]
     except FlexiError:
         last = []
+    if last:
+        last_run[p["id"]] = last[0]
     rows.append(
         {
             "id": p["id"],
@@ -188,7 +202,14 @@ with tab_open:
         + (f"; owner {current['owner']}" if current["owner"] else "")
         + (f"; tags {', '.join(current['tags'])}" if current["tags"] else "")
     )
-    st.graphviz_chart(dag(current["stages"]))
+    stage_status, last = {}, last_run.get(pid)
+    if last:
+        try:
+            stage_status = {s["stage_id"]: s["status"] for s in c.execution(last["id"])["stages"]}
+        except FlexiError:
+            pass  # the graph without colours; the run page says what is wrong
+        st.caption(f"Coloured by the last run, [{last['id']}]({ui.run_link(last['id'])}).")
+    st.graphviz_chart(dag(current["stages"], stage_status))
 
     run_col, edit_col = st.columns([1, 2])
     with run_col:

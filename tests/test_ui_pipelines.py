@@ -63,6 +63,12 @@ def test_pipelines_page_lists_the_samples_with_their_last_run(ui_runtime):
     listed = frame_with(at, "id").set_index("id")
     assert listed.loc[FAILING, "last run"] == "❌ failed"
     assert listed.loc[FAILING, "last run at"].endswith("ago")
+    # the DAG is filled by how each stage did in that run
+    at.selectbox(key="pl_open").select(FAILING).run()
+    ok(at)
+    dot = at.get("graphviz_chart")[0].proto.spec
+    assert '"reconcile" [label="reconcile\\nvalidation", fillcolor="#f8d7da"]' in dot
+    assert '"publish_positions" [label="publish_positions\\noutput", fillcolor="#eeeeee"]' in dot
 
 
 def test_run_from_pipelines_then_see_it_on_executions(ui_runtime):
