@@ -1,56 +1,87 @@
-"""Alerts: what needs attention now, from the real run history and the runtime's health
-(failed and cancelled runs, schedules that could not start, parts of the runtime not ok)."""
+"""Alerts: what needs attention now, read from the real run history, the schedules and the
+runtime's health (alert rules do not exist yet: nothing here is configured or invented)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import streamlit as st
 
 from flexiroaster import ui
+from flexiroaster.client import ApiError
 from flexiroaster.errors import FlexiError
+
+FAILED_PAGE = 500  # failed runs grouped per pipeline; the total is always the API's count
+CANCELLED_PAGE = 100
+WINDOWS = {"24 hours": timedelta(days=1), "7 days": timedelta(days=7)}
+LINK = st.column_config.LinkColumn(display_text=r"run=(.*)$")
+
+
+def health_of(c) -> dict:
+    """/health; a degraded runtime answers 503 with the same body, which the client raises."""
+    try:
+        return c.health()
+    except ApiError as exc:
+        if exc.status == 503:
+            try:
+                return json.loads(exc.message)
+            except ValueError:
+                pass
+        raise
+
 
 c = ui.client()
 st.title("Alerts")
-window = st.radio("Window", ["24 hours", "7 days"], horizontal=True, key="al_window")
-since = datetime.now(UTC) - (timedelta(days=1) if window == "24 hours" else timedelta(days=7))
+st.caption(
+    "What needs attention, from the runtime as it is now: parts of the runtime that are not ok,"
+    " failed and cancelled runs in the window, and schedules whose last firing went wrong."
+)
+window = st.radio("Window", list(WINDOWS), horizontal=True, key="al_window")
+since = (datetime.now(UTC) - WINDOWS[window]).isoformat()
 
 try:
-    failed = c.executions(status="failed", since=since.isoformat(), limit=500)
-    cancelled = c.executions(status="cancelled", since=since.isoformat(), limit=100)
+    health = health_of(c)
+    failed = c.executions(status="failed", since=since, limit=FAILED_PAGE)
+    cancelled = c.executions(status="cancelled", since=since, limit=CANCELLED_PAGE)
     schedules = c.schedules()["schedules"]
-    health = c.health()
 except FlexiError as exc:
     ui.show_error(exc, "Could not load what needs attention")
     st.stop()
 
 st.subheader("Runtime parts not ok")
-bad = {k: v for k, v in health["components"].items() if v["status"] == "error"}
-if bad:
-    for name, comp in bad.items():
-        st.error(f"{name}: {comp.get('detail', comp)}")
-else:
-    st.write("Every part of the runtime answers ok (store, engine, scheduler).")
+st.caption("From /health: store, engine and scheduler.")
+not_ok = {k: v for k, v in health["components"].items() if v.get("status") != "ok"}
+for name, comp in not_ok.items():
+    detail = comp.get("detail") or ", ".join(f"{k}: {v}" for k, v in comp.items() if k != "status")
+    if comp.get("status") == "off":
+        st.warning(f"{name} is off (this runtime was started without it). {detail}")
+    else:
+        st.error(f"{name}: {comp.get('status')} — {detail}")
+if not not_ok:
+    st.write(f"All {len(health['components'])} parts answer ok: {', '.join(health['components'])}.")
 
-st.subheader(f"Failed runs, last {window} ({failed['total']})")
+st.subheader(f"Failed runs, last {window}: {failed['total']}")
 if failed["executions"]:
+    if failed["total"] > len(failed["executions"]):
+        st.caption(f"Grouped from the newest {len(failed['executions'])} of them.")
     groups: dict[str, list[dict]] = {}
-    for r in failed["executions"]:
+    for r in failed["executions"]:  # newest first, so runs[0] is each pipeline's latest
         groups.setdefault(r["pipeline_id"], []).append(r)
     st.dataframe(
         pd.DataFrame(
             [
                 {
-                    "pipeline": p,
+                    "pipeline": pid,
                     "failures": len(runs),
                     "latest": ui.run_link(runs[0]["id"]),
                     "at (UTC)": ui.when(runs[0]["created_at"]),
-                    "latest error": (runs[0]["error"] or "")[:200],
+                    "latest error": (runs[0]["error"] or "")[:300],
                 }
-                for p, runs in sorted(groups.items(), key=lambda kv: -len(kv[1]))
+                for pid, runs in sorted(groups.items(), key=lambda kv: -len(kv[1]))
             ]
-        ),  # fmt: skip
+        ),
         hide_index=True,
         width="stretch",
         key="al_failed",
@@ -59,47 +90,53 @@ if failed["executions"]:
         },
     )
 else:
-    st.write("No failed runs in this window.")
+    st.write("No run failed in this window.")
 
-st.subheader(f"Cancelled runs, last {window} ({cancelled['total']})")
+st.subheader(f"Cancelled runs, last {window}: {cancelled['total']}")
 if cancelled["executions"]:
     st.dataframe(
         pd.DataFrame(
             [
                 {
-                    "run": r["id"],
+                    "run": ui.run_link(r["id"]),
                     "pipeline": r["pipeline_id"],
                     "at (UTC)": ui.when(r["created_at"]),
                     "reason": r["error"] or "",
                 }
                 for r in cancelled["executions"]
             ]
-        ),  # fmt: skip
+        ),
         hide_index=True,
         width="stretch",
         key="al_cancelled",
+        column_config={"run": LINK},
     )
 else:
-    st.write("No cancelled runs in this window.")
+    st.write("No run was cancelled in this window.")
 
 st.subheader("Schedules in trouble")
+st.caption("Schedules whose last firing could not start a run, or whose last run failed.")
 trouble = [s for s in schedules if s["last_error"] or s["last_run_status"] == "failed"]
 if trouble:
     st.dataframe(
         pd.DataFrame(
             [
                 {
-                    "schedule": s["id"],
+                    "schedule": s["name"],
                     "pipeline": s["pipeline_id"],
-                    "last run": s["last_run_status"],
+                    "enabled": s["enabled"],
+                    "last fired (UTC)": ui.when(s["last_fired_at"]),
+                    "last run": ui.run_link(s["last_run_id"]) if s["last_run_id"] else None,
+                    "last run status": ui.icon(s["last_run_status"]),
                     "error": s["last_error"] or "",
                 }
                 for s in trouble
             ]
-        ),  # fmt: skip
+        ),
         hide_index=True,
         width="stretch",
         key="al_schedules",
+        column_config={"last run": LINK},
     )
 else:
-    st.write("No schedule has an error or a failed last run.")
+    st.write(f"None of the {len(schedules)} schedules has an error or a failed last run.")

@@ -25,8 +25,24 @@ def quoted(*names: str) -> str:
     return ".".join('"' + n.replace('"', '""') + '"' for n in names)
 
 
+NUMERIC = ("DECIMAL", "DOUBLE", "FLOAT", "REAL", "HUGEINT", "UHUGEINT")
+TEMPORAL = ("DATE", "TIMESTAMP")
+
+
 def frame_of(res: dict) -> pd.DataFrame:
-    return pd.DataFrame(res["rows"], columns=res["columns"])
+    """The JSON result as a frame; DECIMAL, DATE and TIMESTAMP come as text on the wire, so they
+    are turned back into numbers and datetimes by their DuckDB type (for sorting and charts)."""
+    frame = pd.DataFrame(res["rows"], columns=res["columns"])
+    for i, kind in enumerate(res["types"]):
+        col = frame.iloc[:, i]
+        try:
+            if kind.startswith(NUMERIC):
+                frame.isetitem(i, pd.to_numeric(col))
+            elif kind.startswith(TEMPORAL):
+                frame.isetitem(i, pd.to_datetime(col, utc="TIME ZONE" in kind))
+        except (ValueError, TypeError, OverflowError):
+            pass  # out of pandas' range (e.g. year 9999): keep the text
+    return frame
 
 
 def run_query(sql: str) -> None:

@@ -1,50 +1,92 @@
-"""Settings: what the runtime runs with, the health of its parts, and how to change them."""
+"""Settings: what the runtime runs with (secrets only as set / not set), the health of its parts,
+and how to change them. Read-only: settings are read once when the runtime starts."""
 
 from __future__ import annotations
+
+import json
 
 import pandas as pd
 import streamlit as st
 
 from flexiroaster import ui
+from flexiroaster.client import ApiError
 from flexiroaster.errors import FlexiError
+
+# Settings the API reports under a name that is not the variable's.
+VARIABLE = {"api_token_set": "FLEXIROASTER_API_TOKEN", "store_file": "(from DATA_DIR/STORE_PATH)"}
+HIDDEN = {"pid"}
+
+
+def health_of(c) -> dict:
+    """/health; a degraded runtime answers 503 with the same body, which the client raises."""
+    try:
+        return c.health()
+    except ApiError as exc:
+        if exc.status == 503:
+            try:
+                return json.loads(exc.message)
+            except ValueError:
+                pass
+        raise
+
+
+def shown(key: str, value: object) -> str:
+    if key == "api_token_set":
+        return "set" if value else "not set"
+    return "-" if value is None else str(value)
+
 
 c = ui.client()
 st.title("Settings")
 
 try:
     settings = c.settings()
-    health = c.health()
+    health = health_of(c)
 except FlexiError as exc:
     ui.show_error(exc, "Could not read the runtime's settings")
     st.stop()
 
-st.caption(
-    f"Runtime at {ui.api_url()} (pid {settings['pid']}), version {health['version']}, up"
-    f" {ui.seconds(health['uptime_seconds'])}. Overall: {health['status']}."
-)
+a, b, d = st.columns(3)
+a.metric("Runtime version", health["version"])
+b.metric("Up for", ui.seconds(health["uptime_seconds"]))
+d.metric("Health", health["status"])
+st.caption(f"This app talks to the runtime at {ui.api_url()} (runtime pid {settings['pid']}).")
+
 st.subheader("Running with")
-shown = {k: v for k, v in settings.items() if k not in ("pid",)}
-shown["api_token_set"] = "set" if settings["api_token_set"] else "not set"
 st.dataframe(
-    pd.DataFrame([{"setting": k, "value": str(v)} for k, v in shown.items()]),
+    pd.DataFrame(
+        [
+            {
+                "setting": k,
+                "value": shown(k, v),
+                "variable": VARIABLE.get(k, f"FLEXIROASTER_{k.upper()}"),
+            }
+            for k, v in settings.items()
+            if k not in HIDDEN
+        ]
+    ),
     hide_index=True,
     width="stretch",
     key="settings_table",
 )
+
 st.subheader("Health")
 for name, comp in health["components"].items():
     details = ", ".join(f"{k}: {v}" for k, v in comp.items() if k != "status")
     line = f"**{name}**: {comp['status']}" + (f" — {details}" if details else "")
-    (st.success if comp["status"] == "ok" else st.info if comp["status"] == "off" else st.error)(
-        line
-    )
+    if comp["status"] == "ok":
+        st.success(line)
+    elif comp["status"] == "off":
+        st.info(line)
+    else:
+        st.error(line)
+
 st.subheader("Changing them")
 st.markdown(
-    "Settings come from environment variables (or a `.env` file) read when the runtime starts:"
-    " `FLEXIROASTER_DATA_DIR`, `FLEXIROASTER_STORE_PATH`, `FLEXIROASTER_MAX_WORKERS`,"
-    " `FLEXIROASTER_DEFAULT_TIMEOUT`, `FLEXIROASTER_LOG_FLUSH_INTERVAL`, `FLEXIROASTER_HOST`,"
-    " `FLEXIROASTER_PORT`, `FLEXIROASTER_API_TOKEN`, `FLEXIROASTER_QUERY_MAX_ROWS`,"
-    " `FLEXIROASTER_QUERY_TIMEOUT`, `FLEXIROASTER_MAX_BODY_BYTES`. Restart the runtime"
-    " (`flexiroaster up`) after changing them. This app finds the runtime through"
-    " `FLEXIROASTER_API_URL`."
+    "The runtime reads its settings once, at start, from `FLEXIROASTER_*` environment variables"
+    " (the **variable** column above), then a `.env` file in its working directory, then the"
+    " defaults; an invalid value stops it with the variable's name. Set the variable and restart"
+    " the runtime (`flexiroaster serve`, or `flexiroaster up` for the runtime and this app)."
+    " README, section *Settings*, lists them. This app finds the runtime through"
+    " `FLEXIROASTER_API_URL` and sends `FLEXIROASTER_API_TOKEN` when the runtime needs a token."
 )
