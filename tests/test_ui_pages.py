@@ -74,3 +74,13 @@ def test_insights_alerts_and_settings_show_real_history(ui_runtime):
     assert values["api_token_set"] == "not set"
     assert values["data_dir"] == c.settings()["data_dir"]
     assert not any(e for e in (at.exception, al.exception, st_.exception))
+
+
+def test_without_a_runtime_the_app_says_how_to_start_one(monkeypatch):
+    from .conftest import free_port
+
+    monkeypatch.setenv("FLEXIROASTER_API_URL", f"http://127.0.0.1:{free_port()}")
+    at = app_test()
+    assert not at.exception, at.exception
+    message = " ".join(e.value for e in at.error)
+    assert "No FlexiRoaster runtime answers" in message and "flexiroaster up" in message
