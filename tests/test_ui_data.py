@@ -156,3 +156,19 @@ def test_insights_alerts_and_settings_show_the_real_history(etl):
     assert values.loc["max_workers", "variable"] == "FLEXIROASTER_MAX_WORKERS"
     assert [m.value for m in st_.metric][0] == c.health()["version"]
     assert any("store" in s.value and "ok" in s.value for s in st_.success)
+
+
+def test_a_degraded_runtime_is_shown_not_raised(ui_runtime):
+    rt, c = ui_runtime
+    rt.engine.pool.shutdown(wait=False)  # the engine can no longer run anything: /health is 503
+    with pytest.raises(Exception, match="degraded"):
+        c.health()
+
+    al = app_test("pages/alerts.py")
+    assert not al.exception, al.exception
+    assert "engine: error" in errors(al)
+
+    st_ = app_test("pages/settings.py")
+    assert not st_.exception, st_.exception
+    assert [m.value for m in st_.metric][2] == "degraded"
+    assert any(e.value.startswith("**engine**: error") for e in st_.error)
