@@ -8,15 +8,15 @@ import streamlit as st
 st.set_page_config(page_title="FlexiRoaster", page_icon="☕", layout="wide")
 
 PAGES = [
-    st.Page("pages/dashboard.py", title="Dashboard", icon="📊", url_path="dashboard", default=True),
-    st.Page("pages/pipelines.py", title="Pipelines", icon="🧩", url_path="pipelines"),
-    st.Page("pages/executions.py", title="Executions", icon="▶️", url_path="executions"),
-    st.Page("pages/schedules.py", title="Schedules", icon="⏰", url_path="schedules"),
-    st.Page("pages/data.py", title="Data", icon="🗄️", url_path="data"),
-    st.Page("pages/insights.py", title="Insights", icon="💡", url_path="insights"),
-    st.Page("pages/alerts.py", title="Alerts", icon="🚨", url_path="alerts"),
-    st.Page("pages/logs.py", title="Logs", icon="📜", url_path="logs"),
-    st.Page("pages/settings.py", title="Settings", icon="⚙️", url_path="settings"),
+    st.Page("views/dashboard.py", title="Dashboard", icon="📊", url_path="dashboard", default=True),
+    st.Page("views/pipelines.py", title="Pipelines", icon="🧩", url_path="pipelines"),
+    st.Page("views/executions.py", title="Executions", icon="▶️", url_path="executions"),
+    st.Page("views/schedules.py", title="Schedules", icon="⏰", url_path="schedules"),
+    st.Page("views/data.py", title="Data", icon="🗄️", url_path="data"),
+    st.Page("views/insights.py", title="Insights", icon="💡", url_path="insights"),
+    st.Page("views/alerts.py", title="Alerts", icon="🚨", url_path="alerts"),
+    st.Page("views/logs.py", title="Logs", icon="📜", url_path="logs"),
+    st.Page("views/settings.py", title="Settings", icon="⚙️", url_path="settings"),
 ]
 
 st.navigation(PAGES).run()

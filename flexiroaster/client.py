@@ -72,7 +72,17 @@ class Client:
 
     # --- system ---
     def health(self) -> dict:
-        return self._call("GET", "/health")
+        """The runtime's health; a degraded runtime (503) answers with the same body, which is
+        returned, not raised: it says which part is not ok."""
+        try:
+            resp = self.http.get("/health")
+        except httpx.TransportError:
+            return self._call("GET", "/health")  # raises RuntimeUnavailable with its message
+        if resp.status_code in (200, 503):
+            body = resp.json()
+            if isinstance(body, dict) and "components" in body:
+                return body
+        return self._call("GET", "/health")  # anything else: the usual error mapping
 
     # --- pipelines ---
     def pipelines(self, limit: int = 100, offset: int = 0) -> dict:

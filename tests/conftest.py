@@ -120,7 +120,7 @@ def ui_runtime(tmp_path, monkeypatch):
 
 
 def app_test(page: str | None = None, timeout: float = 30):
-    """AppTest of app.py (run once), switched to `page` (e.g. "pages/pipelines.py") if given."""
+    """AppTest of app.py (run once), switched to `page` (e.g. "views/pipelines.py") if given."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=timeout).run()

@@ -865,3 +865,15 @@ def test_log_search_and_tables_for_the_ui(client):
     good = tables[("main", "api_good")]
     assert good["rows"] == 5 and [c["name"] for c in good["columns"]] == ["x", "y"]
     assert not any(s == "flexiroaster" for s, _ in tables)
+
+
+def test_client_health_returns_a_degraded_body_instead_of_raising(data_dir):
+    rt = Runtime(api_settings(data_dir))
+    try:
+        with serving(create_app(runtime=rt)) as url, Client(url) as c:
+            assert c.health()["status"] == "ok"
+            rt.engine.pool.shutdown(wait=True)
+            got = c.health()
+            assert got["status"] == "degraded" and got["components"]["engine"]["status"] == "error"
+    finally:
+        rt.close()

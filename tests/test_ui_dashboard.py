@@ -33,7 +33,7 @@ def markdown_text(at) -> str:
 
 def test_dashboard_shows_real_kpis_and_failures(runs):
     c, bad, good = runs
-    at = app_test("pages/dashboard.py")
+    at = app_test("views/dashboard.py")
     assert not at.exception
     assert int(metric(at, "Runs today (UTC)").replace(",", "")) >= 2
     assert metric(at, "Success rate") == "50.0 %"
@@ -52,7 +52,7 @@ def test_dashboard_shows_real_kpis_and_failures(runs):
 
 
 def test_dashboard_with_empty_history(ui_runtime):
-    at = app_test("pages/dashboard.py")
+    at = app_test("views/dashboard.py")
     assert not at.exception
     assert metric(at, "Runs today (UTC)") == "0"
     assert metric(at, "Success rate") == "-"
@@ -61,7 +61,7 @@ def test_dashboard_with_empty_history(ui_runtime):
 
 def test_schedules_create_interval_then_pause(ui_runtime):
     _, c = ui_runtime
-    at = app_test("pages/schedules.py")
+    at = app_test("views/schedules.py")
     assert not at.exception
     at.text_input(key="sf_name").input("every two hours").run()
     at.selectbox(key="sf_pipeline").select(WORKING).run()
@@ -107,7 +107,7 @@ def test_schedules_create_interval_then_pause(ui_runtime):
 
 
 def test_schedules_form_shows_api_errors(ui_runtime):
-    at = app_test("pages/schedules.py")
+    at = app_test("views/schedules.py")
     at.text_input(key="sf_name").input("bad one").run()
     at.selectbox(key="sf_type").select("interval").run()
     at.text_input(key="sf_expression").input("now and then").run()
@@ -117,7 +117,7 @@ def test_schedules_form_shows_api_errors(ui_runtime):
 
 def test_schedules_webhook_secret_shown_once(ui_runtime):
     _, c = ui_runtime
-    at = app_test("pages/schedules.py")
+    at = app_test("views/schedules.py")
     at.text_input(key="sf_name").input("orders hook").run()
     at.selectbox(key="sf_type").select("webhook").run()
     at.text_input(key="sf_expression").input("orders-arrived").run()
@@ -141,7 +141,7 @@ def logs_table(at):
 
 def test_logs_text_and_level_filters(runs):
     c, bad, good = runs
-    at = app_test("pages/logs.py")
+    at = app_test("views/logs.py")
     everything = logs_table(at)
     assert {f"/executions?run={bad['id']}", f"/executions?run={good['id']}"} <= set(
         everything["run"]
@@ -167,7 +167,7 @@ def test_logs_text_and_level_filters(runs):
 
 def test_logs_paging_and_follow(runs):
     c, bad, good = runs
-    at = app_test("pages/logs.py")
+    at = app_test("views/logs.py")
     at.selectbox(key="logs_limit").select(20).run()
     first = logs_table(at)
     total = len(c.search_logs(limit=5000)["logs"])

@@ -39,7 +39,7 @@ def etl(ui_runtime):
 def test_data_page_lists_the_written_table_and_queries_it(etl):
     c, _, table = etl
     assert table["rows"] > 0
-    at = app_test("pages/data.py")
+    at = app_test("views/data.py")
     assert not at.exception, at.exception
     listing = frames(at)[0].set_index("table")
     assert listing.loc["warehouse.orders", "rows"] == table["rows"]
@@ -68,7 +68,7 @@ def test_data_page_lists_the_written_table_and_queries_it(etl):
 
 def test_data_page_keeps_types_for_the_chart_and_downloads(etl):
     c, _, table = etl
-    at = app_test("pages/data.py")
+    at = app_test("views/data.py")
     sql = "select order_date, region, net_amount from warehouse.orders"
     at.text_area(key="sql").input(sql).run()
     at.button(key="run_sql").click().run()
@@ -96,7 +96,7 @@ def test_data_page_keeps_types_for_the_chart_and_downloads(etl):
 
 def test_data_page_shows_duckdbs_and_the_apis_messages(etl):
     c, _, table = etl
-    at = app_test("pages/data.py")
+    at = app_test("views/data.py")
 
     at.text_area(key="sql").input("select * from no_such_table").run()
     at.button(key="run_sql").click().run()
@@ -123,7 +123,7 @@ def test_insights_alerts_and_settings_show_the_real_history(etl):
     c, good, _ = etl
     bad = run(c, "inventory-reconciliation", "failed")
 
-    at = app_test("pages/insights.py")
+    at = app_test("views/insights.py")
     assert not at.exception, at.exception
     table = frames(at)[0].set_index("pipeline")
     assert set(table.index) == {"etl-data-pipeline", "inventory-reconciliation"}
@@ -135,7 +135,7 @@ def test_insights_alerts_and_settings_show_the_real_history(etl):
     assert "1. **inventory-reconciliation**: 0.0% completed, 1 failed of 1 runs" in text(at)
     assert "1. **etl-data-pipeline**: p95" in text(at)
 
-    al = app_test("pages/alerts.py")
+    al = app_test("views/alerts.py")
     assert not al.exception, al.exception
     failed = next(f for f in frames(al) if "failures" in f.columns)
     assert list(failed["pipeline"]) == ["inventory-reconciliation"]
@@ -147,7 +147,7 @@ def test_insights_alerts_and_settings_show_the_real_history(etl):
     assert not al.exception, al.exception
     assert "Failed runs, last 7 days: 1" in [s.value for s in al.subheader]
 
-    st_ = app_test("pages/settings.py")
+    st_ = app_test("views/settings.py")
     assert not st_.exception, st_.exception
     values = frames(st_)[0].set_index("setting")
     assert values.loc["data_dir", "value"] == c.settings()["data_dir"]
@@ -164,11 +164,11 @@ def test_a_degraded_runtime_is_shown_not_raised(ui_runtime):
     with pytest.raises(Exception, match="degraded"):
         c.health()
 
-    al = app_test("pages/alerts.py")
+    al = app_test("views/alerts.py")
     assert not al.exception, al.exception
     assert "engine: error" in errors(al)
 
-    st_ = app_test("pages/settings.py")
+    st_ = app_test("views/settings.py")
     assert not st_.exception, st_.exception
     assert [m.value for m in st_.metric][2] == "degraded"
     assert any(e.value.startswith("**engine**: error") for e in st_.error)

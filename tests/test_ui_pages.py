@@ -16,7 +16,7 @@ def test_every_page_renders_without_an_exception(ui_runtime):
         "dashboard", "pipelines", "executions", "schedules", "data", "insights", "alerts",
         "logs", "settings",
     ):  # fmt: skip
-        at = app_test(f"pages/{page}.py")
+        at = app_test(f"views/{page}.py")
         assert not at.exception, (page, at.exception)
         assert at.title and at.title[0].value
 
@@ -28,7 +28,7 @@ def test_data_page_lists_tables_queries_them_and_shows_duckdbs_errors(ui_runtime
     tables = {f"{t['schema_name']}.{t['name']}": t for t in c.tables()["tables"]}
     name, table = next((k, t) for k, t in tables.items() if t["kind"] == "table" and t["rows"])
 
-    at = app_test("pages/data.py")
+    at = app_test("views/data.py")
     listing = frames(at)[0]
     row = listing[listing["table"] == name].iloc[0]
     assert row["rows"] == table["rows"]
@@ -56,7 +56,7 @@ def test_insights_alerts_and_settings_show_real_history(ui_runtime):
     good = c.wait(c.trigger("log-analyzer")["id"], timeout=60)
     assert good["status"] == "completed"
 
-    at = app_test("pages/insights.py")
+    at = app_test("views/insights.py")
     table = frames(at)[0].set_index("pipeline")
     assert (
         table.loc["log-analyzer", "runs"] == 1
@@ -64,12 +64,12 @@ def test_insights_alerts_and_settings_show_real_history(ui_runtime):
     )
     assert table.loc["inventory-reconciliation", "success rate %"] == 0
 
-    al = app_test("pages/alerts.py")
+    al = app_test("views/alerts.py")
     failed = next(f for f in frames(al) if "failures" in f.columns)
     assert list(failed["pipeline"]) == ["inventory-reconciliation"]
     assert bad["id"] in failed["latest"][0]
 
-    st_ = app_test("pages/settings.py")
+    st_ = app_test("views/settings.py")
     values = frames(st_)[0].set_index("setting")["value"]
     assert values["api_token_set"] == "not set"
     assert values["data_dir"] == c.settings()["data_dir"]

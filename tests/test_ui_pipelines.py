@@ -43,7 +43,7 @@ def ok(at) -> None:
 
 def test_pipelines_page_lists_the_samples_with_their_last_run(ui_runtime):
     _, c = ui_runtime
-    at = app_test("pages/pipelines.py")
+    at = app_test("views/pipelines.py")
     ok(at)
     listed = frame_with(at, "id").set_index("id")
     assert set(listed.index) == SAMPLES
@@ -58,7 +58,7 @@ def test_pipelines_page_lists_the_samples_with_their_last_run(ui_runtime):
             assert f'"{d}" -> "{s["id"]}"' in dot
 
     c.wait(c.trigger(FAILING)["id"], timeout=60)
-    at = app_test("pages/pipelines.py")
+    at = app_test("views/pipelines.py")
     ok(at)
     listed = frame_with(at, "id").set_index("id")
     assert listed.loc[FAILING, "last run"] == "❌ failed"
@@ -73,7 +73,7 @@ def test_pipelines_page_lists_the_samples_with_their_last_run(ui_runtime):
 
 def test_run_from_pipelines_then_see_it_on_executions(ui_runtime):
     _, c = ui_runtime
-    at = app_test("pages/pipelines.py")
+    at = app_test("views/pipelines.py")
     at.selectbox(key="pl_open").select(FAST).run()
     ok(at)
     # a form: the typed value is sent with the submit
@@ -86,7 +86,7 @@ def test_run_from_pipelines_then_see_it_on_executions(ui_runtime):
     assert run["status"] == "completed"
     assert run["params"] == {"target_table": "customers_from_ui"}  # only what was changed
 
-    at.switch_page("pages/executions.py").run()
+    at.switch_page("views/executions.py").run()
     ok(at)
     listed = frame_with(at, "run")
     assert listed["run"].tolist() == [f"/executions?run={run_id}"]
@@ -112,7 +112,7 @@ def test_run_from_pipelines_then_see_it_on_executions(ui_runtime):
 def test_invalid_yaml_shows_its_line_and_is_not_saved(ui_runtime):
     _, c = ui_runtime
     before = len(c.versions("log-analyzer")["versions"])
-    at = app_test("pages/pipelines.py")
+    at = app_test("views/pipelines.py")
     at.selectbox(key="pl_open").select("log-analyzer").run()
     good = c.pipeline("log-analyzer")["yaml"]
     assert at.text_area(key="pipeline_yaml").value == good
@@ -142,7 +142,7 @@ def test_invalid_yaml_shows_its_line_and_is_not_saved(ui_runtime):
 
 def test_a_template_becomes_a_new_pipeline_and_can_be_deleted(ui_runtime):
     _, c = ui_runtime
-    at = app_test("pages/pipelines.py")
+    at = app_test("views/pipelines.py")
     at.selectbox(key="tpl_pick").select(FAST).run()
     at.text_input(key="new_pipeline_name").input("Customers Copy").run()
     ok(at)
@@ -177,7 +177,7 @@ def test_cancel_an_active_run_then_retry_it(ui_runtime):
             break
         __import__("time").sleep(0.05)
     # while it runs, its pipeline cannot be deleted: the API's 409 is shown, nothing deleted
-    pl = app_test("pages/pipelines.py")
+    pl = app_test("views/pipelines.py")
     pl.selectbox(key="pl_open").select("ui-slow").run()
     pl.checkbox(key="pl_del_sure_ui-slow").check().run()
     pl.button(key="pl_delete").click().run()
@@ -187,7 +187,7 @@ def test_cancel_an_active_run_then_retry_it(ui_runtime):
 
     at = app_test()
     at.query_params["run"] = run_id
-    at.switch_page("pages/executions.py").run()
+    at.switch_page("views/executions.py").run()
     ok(at)
     assert at.get("progress"), "an active run shows its progress"
     assert "napping" in texts(at.code)  # the log so far
@@ -210,7 +210,7 @@ def test_executions_filters_and_pages(ui_runtime):
     _, c = ui_runtime
     bad = c.wait(c.trigger(FAILING)["id"], timeout=60)
     good = c.wait(c.trigger(FAST)["id"], timeout=60)
-    at = app_test("pages/executions.py")
+    at = app_test("views/executions.py")
     ok(at)
     assert len(frame_with(at, "run")) == 2
     at.selectbox(key="ex_status").select("failed").run()
@@ -241,7 +241,7 @@ def test_executions_list_pages_by_fifty(ui_runtime):
     ids = [c.trigger("ui-tiny")["id"] for _ in range(51)]
     for run_id in ids:
         assert c.wait(run_id, timeout=60)["status"] == "completed"
-    at = app_test("pages/executions.py")
+    at = app_test("views/executions.py")
     ok(at)
     assert "51 run(s); showing 1–50" in texts(at.caption)
     first = frame_with(at, "run")["run"].tolist()

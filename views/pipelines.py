@@ -239,7 +239,7 @@ with tab_open:
             rid = st.session_state["pl_last_run"]
             st.success(f"Started run [{rid}]({ui.run_link(rid)}).")
             st.page_link(
-                "pages/executions.py", label=f"Open run {rid}", icon="▶️", query_params={"run": rid}
+                "views/executions.py", label=f"Open run {rid}", icon="▶️", query_params={"run": rid}
             )
 
     with edit_col:
