@@ -161,8 +161,7 @@ def test_insights_alerts_and_settings_show_the_real_history(etl):
 def test_a_degraded_runtime_is_shown_not_raised(ui_runtime):
     rt, c = ui_runtime
     rt.engine.pool.shutdown(wait=False)  # the engine can no longer run anything: /health is 503
-    with pytest.raises(Exception, match="degraded"):
-        c.health()
+    assert c.health()["status"] == "degraded"  # the client returns the body, it does not raise
 
     al = app_test("views/alerts.py")
     assert not al.exception, al.exception
