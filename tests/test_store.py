@@ -163,7 +163,7 @@ def test_sigkill_mid_write_keeps_the_old_table_and_marks_the_run_failed(data_dir
     for line in proc.stdout:
         if ".. write (output)" in line:
             break
-    time.sleep(0.8)  # well inside the write, and past a flush of the stage rows
+    time.sleep(2.0)  # well inside the write (8M md5 rows), and past a flush of its start
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
