@@ -124,6 +124,12 @@ class Client:
     def preview_unsaved_schedule(self, n: int = 10, **fields: Any) -> dict:
         return self._call("POST", "/schedules/preview", params={"n": n}, json=fields)
 
+    def audit(self, **filters: Any) -> dict:
+        """target_type, target_id, action, limit, offset."""
+        return self._call(
+            "GET", "/audit", params={k: v for k, v in filters.items() if v is not None}
+        )
+
     def settings(self) -> dict:
         return self._call("GET", "/settings")
 

@@ -77,6 +77,13 @@ class Runtime:
                 " renaming is not supported"
             )
         rec = self.store.save_pipeline(pipeline.id, pipeline.name, pipeline.description, text)
+        self.store.audit(
+            "seed" if source.endswith((".yaml", ".yml")) and self.store.created else "api",
+            "pipeline.create" if rec.version == 1 else "pipeline.update",
+            "pipeline",
+            pipeline.id,
+            {"version": rec.version, "source": source},
+        )
         self.scheduler.sync_pipeline(pipeline.id, pipeline.name, pipeline.schedule)
         return LoadedPipeline(rec, pipeline)
 
@@ -90,7 +97,9 @@ class Runtime:
                 " cancel them first"
             )
         self.store.delete_pipeline(pipeline_id)
-        return self.scheduler.forget_pipeline(pipeline_id)
+        gone = self.scheduler.forget_pipeline(pipeline_id)
+        self.store.audit("api", "pipeline.delete", "pipeline", pipeline_id, {"schedules": gone})
+        return gone
 
     def get_pipeline(self, pipeline_id: str) -> LoadedPipeline:
         rec = self.store.get_pipeline(pipeline_id)

@@ -510,6 +510,7 @@ class Scheduler:
             self._arm(s, at)
             self.store.save_schedule(s.row())
             self._all[sid] = s
+            self._audit("schedule.create", s)
             return replace(s), secret
 
     def update(self, sid: str, body: ScheduleIn, *, source: str | None = None) -> Schedule:
@@ -540,6 +541,7 @@ class Scheduler:
             self._arm(s, at)
             self.store.save_schedule(s.row())
             self._all[sid] = s
+            self._audit("schedule.update", s, {"before": _definition(old)})
             return replace(s)
 
     def delete(self, sid: str) -> None:
@@ -548,7 +550,7 @@ class Scheduler:
                 raise NotFound(f"no schedule {sid!r}")
             self._disarm(sid)
             self.store.delete_schedule(sid)
-            del self._all[sid]
+            self._audit("schedule.delete", self._all.pop(sid))
 
     def pause(self, sid: str) -> Schedule:
         with self._lock:
@@ -556,6 +558,7 @@ class Scheduler:
             s.enabled, s.next_run_at = False, None
             self._disarm(sid)
             self.store.set_schedule_state(sid, enabled=False, next_run_at=None)
+            self._audit("schedule.pause", s)
             return replace(s)
 
     def resume(self, sid: str) -> Schedule:
@@ -565,6 +568,7 @@ class Scheduler:
             s.enabled = True
             self._arm(s, self.clock())
             self.store.set_schedule_state(sid, enabled=True, next_run_at=s.next_run_at)
+            self._audit("schedule.resume", s)
             return replace(s)
 
     def run_now(self, sid: str, params: dict[str, Any] | None = None) -> ExecutionRecord:
@@ -575,6 +579,7 @@ class Scheduler:
             s, f"schedule:{s.id}", None, params, check_overlap=False, raise_errors=True
         )
         assert rec is not None  # no overlap check, and errors raise
+        self._audit("schedule.run_now", s, {"run_id": rec.id})
         return rec
 
     def fire_webhook(self, path: str, secret: str, params: dict[str, Any]) -> ExecutionRecord:
@@ -673,6 +678,12 @@ class Scheduler:
         return gone
 
     # --- internals ------------------------------------------------------------------------------
+
+    def _audit(self, action: str, s: Schedule, extra: dict[str, Any] | None = None) -> None:
+        self.store.audit(
+            "yaml" if s.source == "yaml" else "api", action, "schedule", s.id,
+            {**_definition(s), **(extra or {})},
+        )  # fmt: skip
 
     def _live(self, sid: str) -> Schedule:
         s = self._all.get(sid)
@@ -823,6 +834,15 @@ class Scheduler:
             }
             with self._lock:
                 self._start_run(s, f"event:{rec.id}", None, upstream)
+
+
+def _definition(s: Schedule) -> dict[str, Any]:
+    """What a person set on a schedule (for the audit log; never the secret)."""
+    return {
+        "pipeline_id": s.pipeline_id, "type": str(s.type), "expression": s.expression,
+        "timezone": s.timezone, "enabled": s.enabled, "catchup": str(s.catchup),
+        "overlap": str(s.overlap),
+    }  # fmt: skip
 
 
 def yaml_schedule(pipeline_id: str, name: str, spec: dict[str, Any] | str) -> ScheduleIn:

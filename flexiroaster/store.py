@@ -90,6 +90,14 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE flexiroaster.executions ADD COLUMN scheduled_for TIMESTAMPTZ;
     """,
+    # 4: the append-only audit log; each entry carries the hash of the one before it
+    """
+    CREATE TABLE flexiroaster.audit_log (
+        id BIGINT PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL, actor VARCHAR NOT NULL,
+        action VARCHAR NOT NULL, target_type VARCHAR NOT NULL, target_id VARCHAR,
+        trace_id VARCHAR NOT NULL, detail JSON, prev_hash VARCHAR NOT NULL, hash VARCHAR NOT NULL
+    );
+    """,
 ]
 
 
@@ -116,6 +124,19 @@ def _log_cols(logs: list[LogRecord]) -> dict[str, list]:
     cols = {c: [getattr(r, c) for r in logs] for c in LOG_COLS}
     cols["metadata"] = [json.dumps(m, default=str) if m else None for m in cols["metadata"]]
     return cols
+
+
+def _audit_hash(entry: dict[str, Any]) -> str:
+    import hashlib
+
+    at = entry["created_at"]
+    content = [
+        entry["id"], at.isoformat() if hasattr(at, "isoformat") else str(at), entry["actor"],
+        entry["action"], entry["target_type"], entry["target_id"], entry["trace_id"],
+        entry["detail"] if isinstance(entry["detail"], str) else json.dumps(entry["detail"], sort_keys=True),
+        entry["prev_hash"],
+    ]  # fmt: skip
+    return hashlib.sha256(json.dumps(content, default=str).encode()).hexdigest()
 
 
 def _locked_message(path: Path, exc: Exception) -> str:
@@ -162,6 +183,11 @@ class Store:
         self._exec_buf: dict[str, ExecutionRecord] = {}
         self._stage_buf: dict[tuple[str, str], StageRecord] = {}
         self._log_buf: list[LogRecord] = []
+        self._audit_buf: list[dict[str, Any]] = []
+        last = self._exec(
+            self._con, "SELECT id, hash FROM flexiroaster.audit_log ORDER BY id DESC LIMIT 1"
+        ).fetchall()
+        self._audit_id, self._audit_hash = last[0] if last else (0, "")
         # Stored pipelines, read through: this store is their only writer.
         self._pipelines: dict[str, PipelineRecord] = {}
         self._closed = threading.Event()
@@ -301,6 +327,73 @@ class Store:
         with self._buf_lock:
             self._stage_buf[(rec.execution_id, rec.stage_id)] = snap
 
+    def audit(
+        self,
+        actor: str,
+        action: str,
+        target_type: str,
+        target_id: str | None,
+        detail: dict[str, Any] | None = None,
+        trace_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Append an audit entry (written with the next flush). Entries are chained: each
+        carries the SHA-256 of the previous entry's hash and its own content, so an edited or
+        deleted entry breaks the chain (see verify_audit)."""
+        import uuid
+
+        with self._buf_lock:
+            self._audit_id += 1
+            entry = {
+                "id": self._audit_id, "created_at": now(), "actor": actor, "action": action,
+                "target_type": target_type, "target_id": target_id,
+                "trace_id": trace_id or uuid.uuid4().hex,
+                "detail": json.dumps(detail or {}, sort_keys=True, default=str),
+                "prev_hash": self._audit_hash,
+            }  # fmt: skip
+            entry["hash"] = _audit_hash(entry)
+            self._audit_hash = entry["hash"]
+            self._audit_buf.append(entry)
+        return entry
+
+    def audit_log(
+        self,
+        *,
+        target_type: str | None = None,
+        target_id: str | None = None,
+        action: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Audit entries, newest first, and how many match."""
+        self._settle()
+        where, args = ["true"], []
+        for cond, value in (
+            ("target_type = ?", target_type),
+            ("target_id = ?", target_id),
+            ("action = ?", action),
+        ):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
+        cond = " AND ".join(where)
+        total = self._exec(
+            self.cursor(), f"SELECT count(*) FROM flexiroaster.audit_log WHERE {cond}", args
+        ).fetchall()[0][0]
+        rows = self._select("audit_log", cond, args, order="id DESC", limit=limit, offset=offset)
+        for r in rows:
+            r["detail"] = json.loads(r["detail"]) if r["detail"] else {}
+        return rows, total
+
+    def verify_audit(self) -> int | None:
+        """The id of the first audit entry whose hash does not check out, or None."""
+        self._settle()
+        prev = ""
+        for r in self._select("audit_log", "true", [], order="id"):
+            if r["prev_hash"] != prev or _audit_hash(r) != r["hash"]:
+                return r["id"]
+            prev = r["hash"]
+        return None
+
     def log(
         self,
         execution_id: str,
@@ -329,7 +422,13 @@ class Store:
     def _settle(self) -> None:
         """Before a read: commit what is queued, or wait for the flush that took it. (Checked in
         this order: a flush holds its lock from before it takes the queue until it commits.)"""
-        if self._exec_buf or self._stage_buf or self._log_buf or self._flush_lock.locked():
+        if (
+            self._exec_buf
+            or self._stage_buf
+            or self._log_buf
+            or self._audit_buf
+            or self._flush_lock.locked()
+        ):
             self.flush()
 
     def _flush(self) -> None:
@@ -337,7 +436,8 @@ class Store:
             runs, self._exec_buf = self._exec_buf, {}
             stages, self._stage_buf = self._stage_buf, {}
             logs, self._log_buf = self._log_buf, []
-        if not runs and not stages and not logs:
+            audit, self._audit_buf = self._audit_buf, []
+        if not runs and not stages and not logs and not audit:
             return
         try:
             with self.transaction() as cur:
@@ -347,8 +447,11 @@ class Store:
                     cur, "stage_executions", _stage_cols(stages.values(), STAGE_STATE), _STAGE_KEY
                 )
                 self._insert(cur, "logs", _log_cols(logs))
+                if audit:
+                    self._insert(cur, "audit_log", {c: [a[c] for a in audit] for c in audit[0]})
         except Exception:
             with self._buf_lock:  # put them back so nothing is lost; newer states win
+                self._audit_buf[:0] = audit
                 for key, rec in runs.items():
                     self._exec_buf.setdefault(key, rec)
                 for key, rec in stages.items():

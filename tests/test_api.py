@@ -877,3 +877,42 @@ def test_client_health_returns_a_degraded_body_instead_of_raising(data_dir):
             assert got["status"] == "degraded" and got["components"]["engine"]["status"] == "error"
     finally:
         rt.close()
+
+
+def test_the_audit_log_records_human_actions_in_a_hash_chain(data_dir):
+    rt = Runtime(api_settings(data_dir))
+    try:
+        with serving(create_app(runtime=rt)) as url, Client(url) as c:
+            c.create_pipeline(GOOD)
+            c.update_pipeline("api-good", GOOD.replace("numbers, doubled", "numbers doubled"))
+            run = c.wait(c.trigger("api-good")["id"], timeout=20)
+            s = c.create_schedule(
+                name="nightly", pipeline_id="api-good", type="cron", expression="0 2 * * *"
+            )
+            c.pause_schedule(s["id"])
+            c.delete_pipeline("api-good")
+            got = c.audit(limit=50)
+            actions = [(e["action"], e["target_id"]) for e in reversed(got["entries"])]
+            assert actions == [
+                ("pipeline.create", "api-good"),
+                ("pipeline.update", "api-good"),
+                ("run.start", run["id"]),
+                ("schedule.create", "nightly"),
+                ("schedule.pause", "nightly"),
+                ("schedule.delete", "nightly"),
+                ("pipeline.delete", "api-good"),
+            ]
+            assert got["chain_ok"] and got["total"] == 7
+            assert got["entries"][0]["detail"] == {"schedules": ["nightly"]}
+            assert c.audit(target_type="schedule")["total"] == 3
+            # An edited entry breaks the chain at that entry.
+            second = got["entries"][-2]["id"]
+            rt.store._exec(
+                rt.store.cursor(),
+                "UPDATE flexiroaster.audit_log SET actor = 'someone else' WHERE id = ?",
+                [second],
+            )
+            tampered = c.audit()
+            assert not tampered["chain_ok"] and tampered["first_bad_id"] == second
+    finally:
+        rt.close()

@@ -177,6 +177,7 @@ def test_real_records_conform(runtime, base_url):
         ("GET", "/api/v1/tables", {}, 200),
         ("GET", "/api/v1/metrics/timeline", {"query": {"hours": 24, "bucket": "hour"}}, 200),
         ("GET", "/api/v1/settings", {}, 200),
+        ("GET", "/api/v1/audit", {"query": {"target_type": "schedule", "limit": 10}}, 200),
     ]  # fmt: skip
     covered = set()
     for method, path, parts, status in calls:

@@ -43,8 +43,11 @@ def _fresh(rt: Runtime, rec: ExecutionRecord) -> ExecutionRecord:
 async def trigger(body: TriggerIn, rt: Runtime = Depends(runtime)) -> ExecutionOut:
     """Start a run of a stored pipeline with parameters; it is queued while the pipeline is at
     its `max_active_runs`. Answers once the run is committed to the store."""
-    # On the event loop: everything here is in memory except the commit, which is awaited.
-    return ExecutionOut.of(await rt.trigger_async(body.pipeline_id, body.params, trigger="api"))
+    # On the event loop: everything here is in memory except the commit, which is awaited
+    # (the audit entry is queued and written with the next flush).
+    rec = await rt.trigger_async(body.pipeline_id, body.params, trigger="api")
+    rt.store.audit("api", "run.start", "run", rec.id, {"pipeline_id": rec.pipeline_id})
+    return ExecutionOut.of(rec)
 
 
 @router.get("", response_model=ExecutionList, responses=documented(422))
@@ -84,6 +87,7 @@ def _cancel(execution_id: str, rt: Runtime) -> ExecutionOut:
         raise Conflict(
             f"run {execution_id} is {rec.status}; only pending or running runs can be cancelled"
         )
+    rt.store.audit("api", "run.cancel", "run", execution_id, {"pipeline_id": rec.pipeline_id})
     rt.engine.wait(execution_id, timeout=5)
     return ExecutionOut.of(rt.store.get_execution(execution_id), rt.store.get_stages(execution_id))
 
@@ -121,7 +125,9 @@ def delete_execution(execution_id: str, rt: Runtime = Depends(runtime)) -> Execu
 )
 def retry(execution_id: str, rt: Runtime = Depends(runtime)) -> ExecutionOut:
     """Start a new run from where a failed or cancelled one stopped, reusing completed stages."""
-    return ExecutionOut.of(rt.engine.submit_retry(execution_id, trigger="retry"))
+    new = rt.engine.submit_retry(execution_id, trigger="retry")
+    rt.store.audit("api", "run.retry", "run", new.id, {"retry_of": execution_id})
+    return ExecutionOut.of(new)
 
 
 @router.get("/{execution_id}/logs", response_model=LogList, responses=documented(404, 422))

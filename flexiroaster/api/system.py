@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
 from .. import __version__
 from ..runtime import Runtime
 from .deps import runtime
+from .errors import documented
 from .models import HealthOut
 
 router = APIRouter(tags=["system"])
@@ -79,3 +80,26 @@ def runtime_settings(rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     out["store_file"] = str(s.store_file)
     out["pid"] = __import__("os").getpid()
     return out
+
+
+@router.get("/audit", responses=documented(422))
+def audit_log(
+    rt: Runtime = Depends(runtime),
+    target_type: str | None = Query(None, max_length=50),
+    target_id: str | None = Query(None, max_length=200),
+    action: str | None = Query(None, max_length=100),
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=2**62),
+) -> dict[str, Any]:
+    """The append-only audit log, newest first: pipeline edits, schedule changes, manual runs,
+    retries and cancels. `chain_ok` says whether every entry's hash chain checks out."""
+    entries, total = rt.store.audit_log(
+        target_type=target_type, target_id=target_id, action=action, limit=limit, offset=offset
+    )
+    bad = rt.store.verify_audit()
+    return {
+        "entries": [{**e, "created_at": e["created_at"].isoformat()} for e in entries],
+        "total": total,
+        "chain_ok": bad is None,
+        "first_bad_id": bad,
+    }
