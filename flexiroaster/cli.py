@@ -396,6 +396,8 @@ def cmd_up(args) -> int:
         raise FlexiError(f"the {what} did not answer at {url} within {timeout:.0f} s")
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C even when started in the background (a non-interactive shell ignores SIGINT there)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         procs.append(
             subprocess.Popen(
