@@ -38,6 +38,13 @@ class NotFound(FlexiError):
     code = "not_found"
 
 
+class Unauthorized(FlexiError):
+    """A missing or wrong token or secret."""
+
+    status = 401
+    code = "unauthorized"
+
+
 class Conflict(FlexiError):
     status = 409
     code = "conflict"

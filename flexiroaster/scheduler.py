@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from .errors import Conflict, FlexiError, NotFound
+from .errors import Conflict, FlexiError, NotFound, Unauthorized
 from .records import ExecutionRecord, now
 
 if TYPE_CHECKING:
@@ -69,11 +69,6 @@ EVENT_STATUSES = ("completed", "failed", "cancelled", "any")
 class ScheduleError(FlexiError):
     status = 422
     code = "invalid_schedule"
-
-
-class Unauthorized(FlexiError):
-    status = 401
-    code = "unauthorized"
 
 
 # --- expressions ------------------------------------------------------------------------------

@@ -126,6 +126,12 @@ def _log_cols(logs: list[LogRecord]) -> dict[str, list]:
     return cols
 
 
+def _filters(*pairs: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """A WHERE condition of the `col = ?` parts whose value is given, and their arguments."""
+    given = [(cond, value) for cond, value in pairs if value is not None]
+    return " AND ".join(["true", *(c for c, _ in given)]), [v for _, v in given]
+
+
 def _audit_hash(entry: dict[str, Any]) -> str:
     import hashlib
 
@@ -366,16 +372,11 @@ class Store:
     ) -> tuple[list[dict[str, Any]], int]:
         """Audit entries, newest first, and how many match."""
         self._settle()
-        where, args = ["true"], []
-        for cond, value in (
+        cond, args = _filters(
             ("target_type = ?", target_type),
             ("target_id = ?", target_id),
             ("action = ?", action),
-        ):
-            if value is not None:
-                where.append(cond)
-                args.append(value)
-        cond = " AND ".join(where)
+        )
         total = self._exec(
             self.cursor(), f"SELECT count(*) FROM flexiroaster.audit_log WHERE {cond}", args
         ).fetchall()[0][0]
@@ -598,17 +599,12 @@ class Store:
         offset: int = 0,
     ) -> tuple[list[ExecutionRecord], int]:
         """A page of runs, newest first, and how many match in all."""
-        where, args = ["true"], []
-        for cond, value in (
+        cond, args = _filters(
             ("pipeline_id = ?", pipeline_id),
             ("status = ?", status),
             ("created_at >= ?", since),
             ("created_at < ?", until),
-        ):
-            if value is not None:
-                where.append(cond)
-                args.append(value)
-        cond = " AND ".join(where)
+        )
         self._settle()
         cur = self.cursor()
         total, lo, hi = self._exec(
@@ -680,17 +676,15 @@ class Store:
         are log-id cursors (newer than / older than)."""
         self._settle()
         levels = ["DEBUG", "INFO", "WARN", "ERROR"]
-        where, args = ["l.id > ?"], [after]
-        for cond, value in (
+        cond, args = _filters(
+            ("l.id > ?", after),
             ("l.id < ?", before),
             ("e.pipeline_id = ?", pipeline_id),
             ("l.execution_id = ?", execution_id),
             ("l.timestamp >= ?", since),
             ("l.timestamp < ?", until),
-        ):
-            if value is not None:
-                where.append(cond)
-                args.append(value)
+        )
+        where = [cond]
         if level:
             where.append("l.level IN (SELECT unnest(?))")
             args.append(levels[levels.index(level) :])

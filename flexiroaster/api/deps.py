@@ -7,7 +7,7 @@ import hmac
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ..errors import FlexiError
+from ..errors import Unauthorized
 from ..runtime import Runtime
 
 # Paging offsets and log cursors stay inside DuckDB's BIGINT.
@@ -16,11 +16,6 @@ MAX_OFFSET = 2**62
 bearer = HTTPBearer(
     auto_error=False, description="FLEXIROASTER_API_TOKEN, when the runtime has one"
 )
-
-
-class Unauthorized(FlexiError):
-    status = 401
-    code = "unauthorized"
 
 
 async def runtime(request: Request) -> Runtime:
