@@ -177,6 +177,7 @@ class Store:
         self._new_ready = threading.Condition()
         self._new_runs: list[tuple[ExecutionRecord, list[StageRecord], Future[None]]] = []
         self._write_lock = threading.RLock()
+        self._table_locks: dict[str, threading.Lock] = {}
         self.catalog = self._con.sql("SELECT current_database()").fetchall()[0][0]
         # Fully qualified: a store file named flexiroaster.duckdb makes `flexiroaster.x` ambiguous.
         self.meta = f'"{self.catalog}".flexiroaster'
@@ -899,6 +900,13 @@ class Store:
             cur.execute(
                 f'CREATE SCHEMA IF NOT EXISTS "{self.catalog}"."{schema.replace(chr(34), chr(34) * 2)}"'
             )
+
+    def table_lock(self, name: str) -> threading.Lock:
+        """The lock that serialises writes to user table `name` (DuckDB names ignore case)."""
+        schema, _, table = name.rpartition(".")
+        key = f"{schema or 'main'}.{table}".lower()
+        with self._write_lock:
+            return self._table_locks.setdefault(key, threading.Lock())
 
     def table_exists(self, name: str, cur: duckdb.DuckDBPyConnection | None = None) -> bool:
         schema, _, table = name.rpartition(".")

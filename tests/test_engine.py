@@ -444,6 +444,35 @@ def test_concurrent_runs_share_the_engine(engine, store):
     assert store.list_executions(pipeline_id="concurrent")[1] == 8
 
 
+@pytest.mark.parametrize("mode", ["replace", "append", "merge"])
+def test_concurrent_runs_writing_one_table_take_turns(engine, store, mode):
+    # Without a per-table write lock, DuckDB refuses all but one of these transactions
+    # ("Catalog write-write conflict") and the other runs fail.
+    p = pipeline(
+        f"""
+        name: shared-{mode}
+        variables: {{k: 0}}
+        stages:
+          - {{id: a, type: sql, config: {{query: "select {{{{ k }}}} as k, range as x from range(50)"}}}}
+          - id: save
+            type: output
+            dependencies: [a]
+            config: {{table: shared.t_{mode}, mode: {mode}, keys: [k, x]}}
+        """.replace(", keys: [k, x]", "" if mode != "merge" else ", keys: [k, x]")
+    )
+    results = []
+    threads = [
+        threading.Thread(target=lambda k=k: results.append(engine.run(p, {"k": k}))) for k in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status for r in results] == [RunStatus.COMPLETED] * 6, [r.error for r in results]
+    counts = rows(store, f"select count(*), count(distinct k) from shared.t_{mode}")[0]
+    assert counts == ((50, 1) if mode == "replace" else (300, 6))
+
+
 def test_submit_queues_runs_beyond_max_active_runs(engine, store):
     p = pipeline(
         """

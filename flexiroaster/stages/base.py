@@ -45,6 +45,7 @@ class StageContext:
     created_rows: int | None = None  # rows of the last table create_relation made
     _killers: list[Callable[[], None]] = field(default_factory=list)
     _cursor: duckdb.DuckDBPyConnection | None = None
+    _killed: threading.Event = field(default_factory=threading.Event)
 
     # --- plumbing the engine uses -----------------------------------------------------------
 
@@ -59,6 +60,7 @@ class StageContext:
         self._killers.append(fn)
 
     def kill(self) -> None:
+        self._killed.set()
         if self._cursor is not None:
             self._cursor.interrupt()
         for fn in list(self._killers):
@@ -96,8 +98,35 @@ class StageContext:
         return next(iter(self.inputs.values()))
 
     @contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """All-or-nothing writes to user tables on this attempt's cursor."""
+    def transaction(self, table: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """All-or-nothing writes to user tables on this attempt's cursor.
+
+        With `table`, the write holds that table's lock for its whole transaction: two runs
+        replacing or altering one table at once would otherwise fail with DuckDB's catalog
+        write-write conflict, so they take turns instead (the later one's write wins)."""
+        with self._table_lock(table):
+            yield from self._transaction()
+
+    @contextmanager
+    def _table_lock(self, table: str | None) -> Iterator[None]:
+        if table is None:
+            yield
+            return
+        lock = self.store.table_lock(table)
+        waited = False
+        while not lock.acquire(timeout=0.05):
+            if not waited:
+                self.log(f"waiting for another run's write to table {table} to finish")
+                waited = True
+            self.check_cancelled()
+            if self._killed.is_set():
+                raise StageError(f"stopped while waiting to write table {table}")
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         cur = self.cursor
         cur.execute("BEGIN")
         try:

@@ -57,7 +57,7 @@ def _write_table(ctx: StageContext, source: str) -> tuple[int, dict]:
             )
     if schema:
         ctx.store.ensure_schema(schema)
-    with ctx.transaction() as cur:
+    with ctx.transaction(table=cfg.table) as cur:
         exists = ctx.store.table_exists(cfg.table, cur)
         if cfg.mode == "replace" or not exists:
             cur.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM {source}")

@@ -243,7 +243,7 @@ def _write_quarantine(ctx, scan, columns, checks, conds, any_bad, target_name) -
     schema = target_name.rpartition(".")[0]
     if schema:
         ctx.store.ensure_schema(schema)
-    with ctx.transaction() as cur:
+    with ctx.transaction(table=target_name) as cur:
         cur.execute(
             f"CREATE TABLE IF NOT EXISTS {target} AS {select} LIMIT 0", ctx.params_for(select)
         )
