@@ -47,6 +47,28 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1_000_000, ge=1024, description="Largest request body the API accepts"
     )
+    alert_webhooks: list[str] = Field(
+        default_factory=list,
+        description="URLs every new alert is POSTed to (JSON), besides each rule's own webhooks",
+    )
+    alert_secret: SecretStr | None = Field(
+        None,
+        description="Key of the alert webhooks' HMAC-SHA256 signature; default: a key file"
+        " DATA_DIR/alert-webhook.key created (mode 0600) on first use",
+    )
+    alert_retry_delay: float = Field(
+        2.0, gt=0, le=600, description="Seconds before the first retry of a failed alert webhook"
+    )
+    alert_retries: int = Field(
+        5, ge=0, le=20, description="Retries of a failed alert webhook (the delay doubles each time)"
+    )
+    alert_check_interval: float = Field(
+        30.0, gt=0, le=3600, description="Seconds between checks for missed scheduled runs"
+    )
+    insights_interval: float = Field(
+        5.0, ge=0, le=3600,
+        description="Least seconds between insight recomputations after runs finish",
+    )
 
     @property
     def store_file(self) -> Path:

@@ -98,7 +98,56 @@ MIGRATIONS: list[str] = [
         trace_id VARCHAR NOT NULL, detail JSON, prev_hash VARCHAR NOT NULL, hash VARCHAR NOT NULL
     );
     """,
+    # 5: alert rules, alerts and their notifications; persisted insights; the review policy
+    """
+    CREATE TABLE flexiroaster.alert_rules (
+        id VARCHAR PRIMARY KEY, name VARCHAR NOT NULL, kind VARCHAR NOT NULL,
+        pipeline_id VARCHAR, threshold DOUBLE, window_runs INTEGER, severity VARCHAR NOT NULL,
+        webhooks JSON, enabled BOOLEAN NOT NULL, created_at TIMESTAMPTZ NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE flexiroaster.alerts (
+        id VARCHAR PRIMARY KEY, rule_id VARCHAR NOT NULL, pipeline_id VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL, severity VARCHAR NOT NULL, status VARCHAR NOT NULL,
+        title VARCHAR NOT NULL, message VARCHAR NOT NULL, evidence JSON,
+        occurrences INTEGER NOT NULL, created_at TIMESTAMPTZ NOT NULL,
+        last_seen_at TIMESTAMPTZ NOT NULL, acknowledged_by VARCHAR, acknowledged_at TIMESTAMPTZ,
+        resolved_by VARCHAR, resolved_at TIMESTAMPTZ, resolution VARCHAR
+    );
+    CREATE INDEX alerts_status ON flexiroaster.alerts (status);
+    CREATE TABLE flexiroaster.alert_notifications (
+        id VARCHAR PRIMARY KEY, alert_id VARCHAR NOT NULL, url VARCHAR NOT NULL,
+        status VARCHAR NOT NULL, attempts INTEGER NOT NULL, last_status_code INTEGER,
+        last_error VARCHAR, created_at TIMESTAMPTZ NOT NULL, delivered_at TIMESTAMPTZ
+    );
+    CREATE TABLE flexiroaster.insights (
+        id VARCHAR PRIMARY KEY, pipeline_id VARCHAR NOT NULL, stage_id VARCHAR,
+        type VARCHAR NOT NULL, severity VARCHAR NOT NULL, confidence DOUBLE NOT NULL,
+        title VARCHAR NOT NULL, explanation VARCHAR NOT NULL, evidence JSON, data JSON,
+        created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL, model_version VARCHAR NOT NULL,
+        input_hash VARCHAR NOT NULL, action JSON, band VARCHAR NOT NULL, status VARCHAR NOT NULL,
+        decided_by VARCHAR, decided_at TIMESTAMPTZ, reason VARCHAR, snoozed_until TIMESTAMPTZ
+    );
+    CREATE TABLE flexiroaster.policies (
+        scope VARCHAR PRIMARY KEY, high DOUBLE, medium DOUBLE, auto_apply BOOLEAN,
+        risk_gate BOOLEAN, updated_at TIMESTAMPTZ NOT NULL, updated_by VARCHAR NOT NULL
+    );
+    INSERT INTO flexiroaster.alert_rules VALUES
+        ('run-failed', 'Run failed', 'run_failed', NULL, NULL, NULL, 'high', '[]', true, now(), now()),
+        ('failure-streak', '3 failed runs in a row', 'consecutive_failures', NULL, 3, NULL,
+         'critical', '[]', true, now(), now()),
+        ('duration-anomaly', 'Anomalous run duration', 'duration_anomaly', NULL, NULL, NULL,
+         'medium', '[]', true, now(), now()),
+        ('schedule-late', 'Scheduled run missed or over 5 minutes late', 'schedule_late', NULL,
+         300, NULL, 'high', '[]', true, now(), now()),
+        ('validation-rate', 'Validation failing in over 20% of the last 20 runs',
+         'validation_failure_rate', NULL, 20, 20, 'medium', '[]', true, now(), now());
+    """,
 ]
+
+# Columns stored as JSON text, decoded by rows() and encoded by put_rows().
+_JSON_COLS = {"webhooks", "evidence", "data", "action", "params", "detail"}
 
 
 _STAGE_KEY = ["execution_id", "stage_id"]
@@ -848,6 +897,54 @@ class Store:
         res = self._exec(cur, sql, args)
         names = [d[0] for d in res.description]
         return [dict(zip(names, row, strict=True)) for row in res.fetchall()]
+
+    # --- small tables owned by one module each (alerts, insights, policies) ---------------
+
+    def rows(
+        self,
+        table: str,
+        where: str = "true",
+        args: list | None = None,
+        *,
+        order: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Rows of a metadata table as dicts, JSON columns decoded (queued writes settled)."""
+        self._settle()
+        out = self._select(table, where, args or [], order=order, limit=limit, offset=offset)
+        for r in out:
+            for c in _JSON_COLS.intersection(r):
+                r[c] = json.loads(r[c]) if r[c] is not None else None
+        return out
+
+    def count(self, table: str, where: str = "true", args: list | None = None) -> int:
+        self._settle()
+        sql = f"SELECT count(*) FROM flexiroaster.{table} WHERE {where}"
+        return self._exec(self.cursor(), sql, args or []).fetchall()[0][0]
+
+    def put_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Insert or replace whole rows (same columns each) in one transaction."""
+        if not rows:
+            return
+        cols = list(rows[0])
+        sql = (
+            f"INSERT OR REPLACE INTO flexiroaster.{table} ({', '.join(cols)})"
+            f" VALUES ({', '.join('?' for _ in cols)})"
+        )
+        values = [
+            [json.dumps(r[c], default=str) if c in _JSON_COLS and r[c] is not None else r[c] for c in cols]
+            for r in rows
+        ]
+        with self.transaction() as cur:
+            self._exec(cur, "SELECT 1")  # the transaction is open before executemany
+            cur.executemany(_META.sub(self.meta + ".", sql), values)
+
+    def delete_rows(self, table: str, where: str, args: list) -> int:
+        with self.transaction() as cur:
+            return self._exec(
+                cur, f"DELETE FROM flexiroaster.{table} WHERE {where}", args
+            ).fetchall()[0][0]
 
     # --- schedules ------------------------------------------------------------------------
 
