@@ -107,7 +107,27 @@ class Engine:
         self._start_or_queue(run)
         return run.record
 
+    def release(self, execution_id: str) -> ExecutionRecord:
+        """Start (or queue) a held run; Conflict if the run is not held."""
+        with self._lock:
+            run = self._active.get(execution_id)
+            if run is None or run.record.status != RunStatus.HELD:
+                raise Conflict(f"run {execution_id} is not held; only held runs can be released")
+            run.record.status = RunStatus.PENDING
+        self.store.update_execution(run.record, wait=True)
+        self._start_or_queue(run)
+        return run.record
+
+    def log_held(self, rec: ExecutionRecord, why: str) -> None:
+        """A held run's log says why it waits."""
+        with self._lock:
+            run = self._active.get(rec.id)
+        if run is not None:
+            self._log(run, None, "WARN", f"held by the risk gate until a person releases it: {why}")
+
     def _start_or_queue(self, run: _Run) -> None:
+        if run.record.status == RunStatus.HELD:
+            return  # it waits in _active until release() or cancel()
         with self._lock:
             name = run.pipeline.name
             busy = sum(1 for r in self._running.values() if r.pipeline.name == name)
@@ -150,6 +170,7 @@ class Engine:
         retry_of: ExecutionRecord | None = None,
         run_id: str | None = None,
         scheduled_for: datetime | None = None,
+        held: bool = False,
     ) -> tuple[_Run, Future[None]]:
         params = dict(params or {})
         check_placeholders(pipeline, f"pipeline {pipeline.name}", None, params)
@@ -159,7 +180,7 @@ class Engine:
             id=run_id,
             pipeline_id=pipeline.id,
             pipeline_version=pipeline.version,
-            status=RunStatus.PENDING,
+            status=RunStatus.HELD if held else RunStatus.PENDING,
             trigger=trigger,
             params=params,
             created_at=created,
@@ -209,8 +230,10 @@ class Engine:
         run.cancel_reason = reason
         run.cancel.set()
         with self._lock:
-            if run in self._queue:  # never started: let it record itself cancelled now
-                self._queue.remove(run)
+            held = run.record.status == RunStatus.HELD
+            if run in self._queue or held:  # never started: let it record itself cancelled now
+                if not held:
+                    self._queue.remove(run)
                 self._start(run, takes_slot=False)
         return True
 

@@ -5,6 +5,7 @@ schedules that overlap their own runs). Every model is fitted on the runs in the
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -45,18 +46,27 @@ class Insight:
     data: dict[str, float]
     created_at: datetime
     expires_at: datetime
+    input_hash: str = ""  # SHA-256 of what the insight was computed from (audited with decisions)
     model_version: str = MODEL_VERSION
 
 
 def _insight(
     kind: InsightType, pipeline_id: str, stage_id: str | None, key: str, at: datetime,
-    ttl: timedelta, **fields: Any,
+    ttl: timedelta, inputs: Any = None, **fields: Any,
 ) -> Insight:  # fmt: skip
-    """An Insight whose id is stable for the same subject at the same time (so a re-run of
-    compute_insights with the same `now` yields the same ids)."""
-    raw = f"{kind}|{pipeline_id}|{stage_id}|{key}|{at.isoformat()}"
+    """An Insight whose id names its subject (kind, pipeline, stage, key), so each computation
+    finds the same subject under the same id and a person's decision on it sticks.
+    `inputs` are the model inputs behind it (default: its evidence and data)."""
+    raw = f"{kind}|{pipeline_id}|{stage_id}|{key}"
     iid = hashlib.sha1(raw.encode()).hexdigest()[:16]
-    return Insight(iid, pipeline_id, stage_id, kind, created_at=at, expires_at=at + ttl, **fields)
+    used = inputs if inputs is not None else [fields.get("evidence"), fields.get("data")]
+    digest = hashlib.sha256(
+        json.dumps([MODEL_VERSION, used], sort_keys=True, default=str).encode()
+    ).hexdigest()
+    return Insight(
+        iid, pipeline_id, stage_id, kind, created_at=at, expires_at=at + ttl,
+        input_hash=digest, **fields,
+    )  # fmt: skip
 
 
 # --- history ----------------------------------------------------------------------------------
@@ -359,6 +369,7 @@ def failure_insights(model: FailureModel | None, nxt: pl.DataFrame, at: datetime
         out.append(
             _insight(
                 "failure_prediction", row["pipeline_id"], None, "next", at, timedelta(hours=1),
+                inputs={f: row[f] for f in FEATURES},
                 severity="info" if short and p < 0.5 else _severity(p),
                 confidence=round(confidence, 3), title=f"{p:.0%} risk that the next run fails",
                 explanation=text, evidence=[], data=data,

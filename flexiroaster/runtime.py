@@ -12,6 +12,7 @@ from .engine import Engine
 from .errors import Conflict, FlexiError
 from .metrics import ProcessMeter
 from .records import ExecutionRecord, PipelineRecord, now
+from .review import Review
 from .scheduler import Scheduler
 from .settings import Settings
 from .spec import Pipeline, load_pipeline_text
@@ -35,6 +36,8 @@ class Runtime:
         self.engine = Engine(self.store, settings)
         # Schedules are loaded here; they fire once start() is called (the serving runtime).
         self.scheduler = Scheduler(self, clock)
+        # Insights and their review: recomputed in the background once start() is called.
+        self.review = Review(self)
         self.started_at = time.time()
         self.meter = ProcessMeter()
         self.closed = False
@@ -118,17 +121,49 @@ class Runtime:
         trigger: str = "api",
         scheduled_for: datetime | None = None,
     ) -> ExecutionRecord:
+        """Start a run (or queue it); the risk gate, when on, holds it instead."""
         loaded = self.get_pipeline(pipeline_id)
-        return self.engine.submit(
-            loaded.pipeline, params or {}, trigger=trigger, scheduled_for=scheduled_for
-        )
+        held = self.review.gate(pipeline_id)
+        rec = self.engine.submit(
+            loaded.pipeline, params or {}, trigger=trigger, scheduled_for=scheduled_for,
+            held=held is not None,
+        )  # fmt: skip
+        return self._audit_hold(rec, held)
 
     async def trigger_async(
         self, pipeline_id: str, params: dict | None = None, trigger: str = "api"
     ) -> ExecutionRecord:
         """trigger() for the API's event loop: no thread is held while the run is committed."""
         loaded = self.get_pipeline(pipeline_id)
-        return await self.engine.submit_async(loaded.pipeline, params or {}, trigger=trigger)
+        held = self.review.gate(pipeline_id)
+        rec = await self.engine.submit_async(
+            loaded.pipeline, params or {}, trigger=trigger, held=held is not None
+        )
+        return self._audit_hold(rec, held)
+
+    def _audit_hold(self, rec: ExecutionRecord, insight: dict | None) -> ExecutionRecord:
+        if insight is not None:
+            self.store.audit(
+                f"ai:{insight['model_version']}", "run.hold", "run", rec.id,
+                {"pipeline_id": rec.pipeline_id, "insight_id": insight["id"],
+                 "probability": insight["data"].get("probability"),
+                 "confidence": insight["confidence"], "input_hash": insight["input_hash"],
+                 "model_version": insight["model_version"]},
+            )  # fmt: skip
+            self.engine.log_held(rec, insight["title"])
+        return rec
+
+    def release(self, execution_id: str, by: str, reason: str | None = None) -> ExecutionRecord:
+        """Let a run the risk gate held start; audited with who and why."""
+        rec = self.engine.release(execution_id)
+        self.store.audit(
+            by,
+            "run.release",
+            "run",
+            execution_id,
+            {"pipeline_id": rec.pipeline_id, "reason": reason},
+        )
+        return rec
 
     def active_runs(self, pipeline_id: str | None = None) -> list[str]:
         ids = self.engine.active()
@@ -140,6 +175,7 @@ class Runtime:
         """Start firing schedules (the serving runtime; a CLI run leaves them alone)."""
         if not self.scheduler.running:
             self.scheduler.start()
+        self.review.start()
 
     def close(self) -> None:
         """Cancel running runs (recorded as cancelled), then close the store."""
@@ -147,5 +183,6 @@ class Runtime:
             return
         self.closed = True
         self.scheduler.shutdown()
+        self.review.stop()
         self.engine.shutdown()
         self.store.close()

@@ -547,13 +547,14 @@ class Scheduler:
             self.store.delete_schedule(sid)
             self._audit("schedule.delete", self._all.pop(sid))
 
-    def pause(self, sid: str) -> Schedule:
+    def pause(self, sid: str, actor: str | None = None, detail: dict | None = None) -> Schedule:
+        """Disable a schedule; `actor` and `detail` say who and why in the audit log."""
         with self._lock:
             s = self._live(sid)
             s.enabled, s.next_run_at = False, None
             self._disarm(sid)
             self.store.set_schedule_state(sid, enabled=False, next_run_at=None)
-            self._audit("schedule.pause", s)
+            self._audit("schedule.pause", s, detail, actor)
             return replace(s)
 
     def resume(self, sid: str) -> Schedule:
@@ -674,9 +675,11 @@ class Scheduler:
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _audit(self, action: str, s: Schedule, extra: dict[str, Any] | None = None) -> None:
+    def _audit(
+        self, action: str, s: Schedule, extra: dict[str, Any] | None = None, actor: str | None = None
+    ) -> None:
         self.store.audit(
-            "yaml" if s.source == "yaml" else "api", action, "schedule", s.id,
+            actor or ("yaml" if s.source == "yaml" else "api"), action, "schedule", s.id,
             {**_definition(s), **(extra or {})},
         )  # fmt: skip
 

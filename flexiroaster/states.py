@@ -6,6 +6,7 @@ from enum import StrEnum
 
 
 class RunStatus(StrEnum):
+    HELD = "held"  # waiting for a person to release it (the pre-run risk gate)
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"

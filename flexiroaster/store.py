@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 _META = re.compile(r"\bflexiroaster\.")
 
 RECOVERY_REASON = "runtime stopped during the run"
+HELD_RECOVERY_REASON = "runtime stopped while the run was held"
 
 MIGRATIONS: list[str] = [
     # 1: runs, stages, logs, pipelines
@@ -127,7 +128,8 @@ MIGRATIONS: list[str] = [
         created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL,
         expires_at TIMESTAMPTZ NOT NULL, model_version VARCHAR NOT NULL,
         input_hash VARCHAR NOT NULL, action JSON, band VARCHAR NOT NULL, status VARCHAR NOT NULL,
-        decided_by VARCHAR, decided_at TIMESTAMPTZ, reason VARCHAR, snoozed_until TIMESTAMPTZ
+        decided_by VARCHAR, decided_at TIMESTAMPTZ, reason VARCHAR, snoozed_until TIMESTAMPTZ,
+        decided_severity VARCHAR
     );
     CREATE TABLE flexiroaster.policies (
         scope VARCHAR PRIMARY KEY, high DOUBLE, medium DOUBLE, auto_apply BOOLEAN,
@@ -332,11 +334,14 @@ class Store:
             ]
             if not ids:
                 return []
+            # A held run never started: it did not fail, so it must not count as a failure.
             self._exec(
                 cur,
-                "UPDATE flexiroaster.executions SET status = 'failed', error = ?, completed_at = ?"
+                "UPDATE flexiroaster.executions SET"
+                " status = CASE WHEN status = 'held' THEN 'cancelled' ELSE 'failed' END,"
+                " error = CASE WHEN status = 'held' THEN ? ELSE ? END, completed_at = ?"
                 " WHERE id IN (SELECT unnest(?))",
-                [RECOVERY_REASON, now(), ids],
+                [HELD_RECOVERY_REASON, RECOVERY_REASON, now(), ids],
             )
             self._exec(
                 cur,

@@ -240,7 +240,7 @@ def test_cancel_kills_a_running_shell_stage_and_skips_the_rest(client, data_dir)
     with pytest.raises(ProcessLookupError):  # the sleep was killed, not left behind
         eventually(lambda: os.kill(pid, 0), timeout=3)
     assert client.execution(run["id"])["status"] == "cancelled"
-    with pytest.raises(Conflict, match="only pending or running runs can be cancelled"):
+    with pytest.raises(Conflict, match="only held, pending or running runs can be cancelled"):
         client.cancel(run["id"])
 
 
@@ -661,7 +661,7 @@ def test_with_a_token_every_mutating_endpoint_and_query_need_it(secured):
     mutating = {(m, p) for m, p, _ in ops if m != "GET" and p not in exempt}
     secured_ops = {(m, p) for m, p, op in ops if op.get("security") == [{"HTTPBearer": []}]}
     assert mutating == secured_ops and ("POST", "/api/v1/query") in mutating
-    assert len(mutating) == 14
+    assert len(mutating) >= 23  # grows with the API; the equality above is the point
 
     for method, path in sorted(mutating):
         for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):

@@ -25,12 +25,13 @@ def history(
     every: timedelta = timedelta(hours=1),
     error_type: str = "StageError",
     seed: int = 0,
+    end: datetime = NOW,
 ):
-    """Hourly scheduled runs of a three-stage pipeline ending an hour before NOW: run i fails
+    """Hourly scheduled runs of a three-stage pipeline ending an hour before `end`: run i fails
     (at stage 1) when failed[i]; slow[i] multiplies run i's durations."""
     rng = random.Random(seed)
     runs, stages = [], []
-    start = NOW - every * len(failed)
+    start = end - every * len(failed)
     for i, fail in enumerate(failed):
         fire = start + every * i
         rid = f"{pipeline_id}-{i:04d}"

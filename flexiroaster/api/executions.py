@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import Conflict
 from ..records import ExecutionRecord
@@ -85,7 +86,7 @@ def _cancel(execution_id: str, rt: Runtime) -> ExecutionOut:
     rec = rt.store.get_execution(execution_id)
     if not rt.engine.cancel(execution_id):
         raise Conflict(
-            f"run {execution_id} is {rec.status}; only pending or running runs can be cancelled"
+            f"run {execution_id} is {rec.status}; only held, pending or running runs can be cancelled"
         )
     rt.store.audit("api", "run.cancel", "run", execution_id, {"pipeline_id": rec.pipeline_id})
     rt.engine.wait(execution_id, timeout=5)
@@ -128,6 +129,25 @@ def retry(execution_id: str, rt: Runtime = Depends(runtime)) -> ExecutionOut:
     new = rt.engine.submit_retry(execution_id, trigger="retry")
     rt.store.audit("api", "run.retry", "run", new.id, {"retry_of": execution_id})
     return ExecutionOut.of(new)
+
+
+class ReleaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: str = Field(min_length=1, max_length=200, description="Who releases the run")
+    reason: str | None = Field(None, max_length=2000)
+
+
+@router.post(
+    "/{execution_id}/release",
+    status_code=202,
+    response_model=ExecutionOut,
+    responses=documented(401, 404, 409, 413, 422),
+    dependencies=[Depends(require_token)],
+)
+def release(execution_id: str, body: ReleaseIn, rt: Runtime = Depends(runtime)) -> ExecutionOut:
+    """Start a run the risk gate held (status `held`). Audited with who and why."""
+    rt.store.get_execution(execution_id)  # 404 for an unknown run
+    return ExecutionOut.of(rt.release(execution_id, body.by, body.reason))
 
 
 @router.get("/{execution_id}/logs", response_model=LogList, responses=documented(404, 422))
