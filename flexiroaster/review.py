@@ -58,16 +58,20 @@ class PolicyIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     high: float | None = Field(
-        None, ge=0, le=1, description="Confidence from which the band is high"
+        None, ge=0, le=1, strict=True, description="Confidence from which the band is high"
     )
     medium: float | None = Field(
-        None, ge=0, le=1, description="Confidence from which the band is medium (below: blocked)"
+        None,
+        ge=0,
+        le=1,
+        strict=True,
+        description="Confidence from which the band is medium (below: blocked)",
     )
     auto_apply: bool | None = Field(
-        None, description="Apply safe actions of high-band insights without review"
+        None, strict=True, description="Apply safe actions of high-band insights without review"
     )
     risk_gate: bool | None = Field(
-        None, description="Hold new runs whose predicted failure risk is critical"
+        None, strict=True, description="Hold new runs whose predicted failure risk is critical"
     )
 
 

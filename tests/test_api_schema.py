@@ -6,6 +6,8 @@ seeded pipeline and finished runs give the GET endpoints something real to retur
 
 from __future__ import annotations
 
+import hashlib
+
 import httpx
 import pytest
 import schemathesis
@@ -137,6 +139,8 @@ def test_real_records_conform(runtime, base_url):
     done, failed = runtime.runs["completed"], runtime.runs["failed"]
     new = SEED.replace("name: seeded", "name: brand-new")
     doc = yaml.safe_load(new)  # schemathesis writes YAML bodies from data
+    # An insight's id names its subject: the failure risk of seeded's next run.
+    risk = hashlib.sha1(b"failure_prediction|seeded|None|next").hexdigest()[:16]
     calls = [
         ("GET", "/api/v1/health", {}, 200),
         ("GET", "/api/v1/", {}, 200),
@@ -177,6 +181,18 @@ def test_real_records_conform(runtime, base_url):
         ("GET", "/api/v1/tables", {}, 200),
         ("GET", "/api/v1/metrics/timeline", {"query": {"hours": 24, "bucket": "hour"}}, 200),
         ("GET", "/api/v1/settings", {}, 200),
+        ("POST", "/api/v1/insights/recompute", {}, 200),
+        ("GET", "/api/v1/insights", {"query": {"pipeline_id": "seeded", "type": "failure_prediction"}}, 200),
+        ("GET", "/api/v1/insights/{insight_id}", {"path_parameters": {"insight_id": risk}}, 200),
+        ("POST", "/api/v1/insights/{insight_id}/snooze", {"path_parameters": {"insight_id": risk}, "body": {"by": "ann", "reason": "later", "hours": 1}, "media_type": "application/json"}, 200),
+        ("POST", "/api/v1/insights/{insight_id}/dismiss", {"path_parameters": {"insight_id": risk}, "body": {"by": "ann", "reason": "noise"}, "media_type": "application/json"}, 200),
+        ("POST", "/api/v1/insights/{insight_id}/reject", {"path_parameters": {"insight_id": risk}, "body": {"by": "ann", "reason": "decided"}, "media_type": "application/json"}, 409),
+        ("POST", "/api/v1/insights/{insight_id}/approve", {"path_parameters": {"insight_id": risk}, "body": {"by": "ann"}, "media_type": "application/json"}, 409),
+        ("GET", "/api/v1/insights/policy", {}, 200),
+        ("PUT", "/api/v1/insights/policy", {"body": {"by": "ann", "high": 0.9}, "media_type": "application/json"}, 200),
+        ("PUT", "/api/v1/insights/policy/{pipeline_id}", {"path_parameters": {"pipeline_id": "seeded"}, "body": {"by": "ann", "auto_apply": True}, "media_type": "application/json"}, 200),
+        ("DELETE", "/api/v1/insights/policy/{pipeline_id}", {"path_parameters": {"pipeline_id": "seeded"}, "query": {"by": "ann"}}, 200),
+        ("POST", "/api/v1/executions/{execution_id}/release", {"path_parameters": {"execution_id": done}, "body": {"by": "ann"}, "media_type": "application/json"}, 409),
         ("GET", "/api/v1/audit", {"query": {"target_type": "schedule", "limit": 10}}, 200),
     ]  # fmt: skip
     covered = set()

@@ -141,7 +141,7 @@ class ReleaseIn(BaseModel):
     "/{execution_id}/release",
     status_code=202,
     response_model=ExecutionOut,
-    responses=documented(401, 404, 409, 413, 422),
+    responses=documented(400, 401, 404, 409, 413, 422),
     dependencies=[Depends(require_token)],
 )
 def release(execution_id: str, body: ReleaseIn, rt: Runtime = Depends(runtime)) -> ExecutionOut:

@@ -164,7 +164,7 @@ def get_policy(rt: Runtime = Depends(runtime)) -> PolicyOut:
     "/policy",
     response_model=PolicyOut,
     response_model_by_alias=True,
-    responses=documented(401, 413, 422),
+    responses=documented(400, 401, 413, 422),
     dependencies=[Depends(require_token)],
 )
 def set_global_policy(body: PolicyUpdate, rt: Runtime = Depends(runtime)) -> PolicyOut:
@@ -177,7 +177,7 @@ def set_global_policy(body: PolicyUpdate, rt: Runtime = Depends(runtime)) -> Pol
     "/policy/{pipeline_id}",
     response_model=PolicyOut,
     response_model_by_alias=True,
-    responses=documented(401, 404, 413, 422),
+    responses=documented(400, 401, 404, 413, 422),
     dependencies=[Depends(require_token)],
 )
 def set_pipeline_policy(
@@ -211,7 +211,7 @@ def get_insight(insight_id: str, rt: Runtime = Depends(runtime)) -> InsightOut:
 
 
 DECIDE = {
-    "responses": documented(401, 404, 409, 413, 422),
+    "responses": documented(400, 401, 404, 409, 413, 422),
     "dependencies": [Depends(require_token)],
     "response_model": InsightOut,
 }
