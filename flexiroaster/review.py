@@ -48,6 +48,11 @@ RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3, "info": 4}
 AI = f"ai:{MODEL_VERSION}"
 
 
+def _trace(insight_id: str) -> str:
+    """The trace id of every audit entry about one insight: its story reads as one trace."""
+    return f"insight:{insight_id}"
+
+
 class InvalidPolicy(FlexiError):
     status = 422
     code = "invalid_request"
@@ -306,7 +311,7 @@ class Review:
                        decided_severity=new["severity"])  # fmt: skip
         verb = {"blocked": "block", "open": "open", "pending_review": "hold_for_review",
                 "applied": "auto_apply"}[status]  # fmt: skip
-        self.store.audit(AI, f"insight.{verb}", "insight", new["id"], detail)
+        self.store.audit(AI, f"insight.{verb}", "insight", new["id"], detail, _trace(new["id"]))
         return new
 
     @staticmethod
@@ -419,7 +424,9 @@ class Review:
             )  # fmt: skip
             detail["after"] = {"status": new_status, "snoozed_until": row["snoozed_until"]}
             self.store.put_rows("insights", [row])
-            self.store.audit(by, f"insight.{decision}", "insight", insight_id, detail)
+            self.store.audit(
+                by, f"insight.{decision}", "insight", insight_id, detail, _trace(insight_id)
+            )
             return row
 
     # --- the pre-run risk gate ----------------------------------------------------------------

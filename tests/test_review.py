@@ -181,6 +181,11 @@ def test_approve_pauses_the_schedule_and_reject_changes_nothing(http, rt):
     assert not schedule_enabled(http, "flaky-2h")
     (entry,) = [e for e in audit(http, target_id=risk["id"]) if e["action"] == "insight.approve"]
     assert entry["actor"] == "ann"
+    # the insight's whole story is one trace: the policy's hold, the rejection, the approval
+    story = [e for e in audit(http) if e["trace_id"] == f"insight:{risk['id']}"]
+    assert [e["action"] for e in reversed(story)] == [
+        "insight.hold_for_review", "insight.reject", "insight.hold_for_review", "insight.approve"
+    ]  # fmt: skip
     assert entry["detail"]["changes"] == [
         {"schedule_id": "flaky-2h", "before": {"enabled": True}, "after": {"enabled": False}}
     ]
