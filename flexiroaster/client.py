@@ -179,6 +179,37 @@ class Client:
             "POST", f"/hooks/{path}", json=params or {}, headers={"X-Webhook-Secret": secret}
         )
 
+    # --- alerts ---
+    def alerts(self, **filters: Any) -> dict:
+        """status (open, acknowledged, resolved, active), pipeline_id, severity, rule_id, limit,
+        offset; newest first."""
+        return self._call(
+            "GET", "/alerts", params={k: v for k, v in filters.items() if v is not None}
+        )
+
+    def alert(self, alert_id: str) -> dict:
+        """An alert with its webhook notifications' delivery state."""
+        return self._call("GET", f"/alerts/{alert_id}")
+
+    def acknowledge_alert(self, alert_id: str, by: str, note: str | None = None) -> dict:
+        return self._call("POST", f"/alerts/{alert_id}/acknowledge", json={"by": by, "note": note})
+
+    def resolve_alert(self, alert_id: str, by: str, note: str | None = None) -> dict:
+        return self._call("POST", f"/alerts/{alert_id}/resolve", json={"by": by, "note": note})
+
+    def alert_rules(self) -> dict:
+        return self._call("GET", "/alert-rules")
+
+    def create_alert_rule(self, body: dict) -> dict:
+        """name, kind, pipeline_id, threshold, window_runs, severity, webhooks, enabled."""
+        return self._call("POST", "/alert-rules", json=body)
+
+    def update_alert_rule(self, rule_id: str, body: dict) -> dict:
+        return self._call("PUT", f"/alert-rules/{rule_id}", json=body)
+
+    def delete_alert_rule(self, rule_id: str) -> None:
+        self._call("DELETE", f"/alert-rules/{rule_id}")
+
     # --- executions ---
     def trigger(self, pipeline_id: str, params: dict | None = None) -> dict:
         return self._call(

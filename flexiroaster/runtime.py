@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from .alerts import Alerts
 from .engine import Engine
 from .errors import Conflict, FlexiError
 from .metrics import ProcessMeter
@@ -36,6 +37,8 @@ class Runtime:
         self.engine = Engine(self.store, settings)
         # Schedules are loaded here; they fire once start() is called (the serving runtime).
         self.scheduler = Scheduler(self, clock)
+        # Alert rules judge finished runs and missed schedules once start() is called.
+        self.alerts = Alerts(self)
         # Insights and their review: recomputed in the background once start() is called.
         self.review = Review(self)
         self.started_at = time.time()
@@ -173,6 +176,7 @@ class Runtime:
 
     def start(self) -> None:
         """Start firing schedules (the serving runtime; a CLI run leaves them alone)."""
+        self.alerts.start()  # before the scheduler, so it sees fire times missed while down
         if not self.scheduler.running:
             self.scheduler.start()
         self.review.start()
@@ -183,6 +187,7 @@ class Runtime:
             return
         self.closed = True
         self.scheduler.shutdown()
+        self.alerts.close()
         self.review.stop()
         self.engine.shutdown()
         self.store.close()

@@ -101,10 +101,12 @@ def runtime(tmp_path_factory):
         )
     )
     try:
+        rt.alerts.start()  # the failed run opens a real alert
         for text in (SEED, SEED_FAILING):
             loaded = rt.save_pipeline(text)
             run = rt.trigger(loaded.record.id)
             assert rt.engine.wait(run.id, timeout=20)
+            assert rt.alerts.judged(run.id, timeout=20)
         rt.runs = {str(r.status): r.id for r in rt.store.list_executions()[0]}
         assert set(rt.runs) == {RunStatus.COMPLETED, RunStatus.FAILED}
         yield rt
@@ -141,6 +143,7 @@ def test_real_records_conform(runtime, base_url):
     doc = yaml.safe_load(new)  # schemathesis writes YAML bodies from data
     # An insight's id names its subject: the failure risk of seeded's next run.
     risk = hashlib.sha1(b"failure_prediction|seeded|None|next").hexdigest()[:16]
+    [alert] = [a.id for a in runtime.alerts.alerts(pipeline_id="seeded-failing")[0]]
     calls = [
         ("GET", "/api/v1/health", {}, 200),
         ("GET", "/api/v1/", {}, 200),
@@ -194,6 +197,15 @@ def test_real_records_conform(runtime, base_url):
         ("DELETE", "/api/v1/insights/policy/{pipeline_id}", {"path_parameters": {"pipeline_id": "seeded"}, "query": {"by": "ann"}}, 200),
         ("POST", "/api/v1/executions/{execution_id}/release", {"path_parameters": {"execution_id": done}, "body": {"by": "ann"}, "media_type": "application/json"}, 409),
         ("GET", "/api/v1/audit", {"query": {"target_type": "schedule", "limit": 10}}, 200),
+        ("GET", "/api/v1/alerts", {"query": {"status": "open", "pipeline_id": "seeded-failing", "severity": "high", "limit": 5}}, 200),
+        ("GET", "/api/v1/alerts/{alert_id}", {"path_parameters": {"alert_id": alert}}, 200),
+        ("POST", "/api/v1/alerts/{alert_id}/acknowledge", {"path_parameters": {"alert_id": alert}, "body": {"by": "ann", "note": "on it"}, "media_type": "application/json"}, 200),
+        ("POST", "/api/v1/alerts/{alert_id}/resolve", {"path_parameters": {"alert_id": alert}, "body": {"by": "ann"}, "media_type": "application/json"}, 200),
+        ("GET", "/api/v1/alert-rules", {}, 200),
+        ("POST", "/api/v1/alert-rules", {"body": {"name": "seeded slow", "kind": "duration_limit", "pipeline_id": "seeded", "threshold": 60, "severity": "low", "webhooks": ["https://hooks.example.com/flexi"]}, "media_type": "application/json"}, 201),
+        ("GET", "/api/v1/alert-rules/{rule_id}", {"path_parameters": {"rule_id": "seeded-slow"}}, 200),
+        ("PUT", "/api/v1/alert-rules/{rule_id}", {"path_parameters": {"rule_id": "seeded-slow"}, "body": {"name": "seeded slow", "kind": "duration_limit", "pipeline_id": "seeded", "threshold": 120}, "media_type": "application/json"}, 200),
+        ("DELETE", "/api/v1/alert-rules/{rule_id}", {"path_parameters": {"rule_id": "seeded-slow"}}, 204),
     ]  # fmt: skip
     covered = set()
     for method, path, parts, status in calls:

@@ -11,7 +11,18 @@ from .. import __version__
 from ..errors import NotFound
 from ..runtime import Runtime
 from ..settings import Settings
-from . import data, errors, executions, insights, metrics, pipelines, query, schedules, system
+from . import (
+    alerts,
+    data,
+    errors,
+    executions,
+    insights,
+    metrics,
+    pipelines,
+    query,
+    schedules,
+    system,
+)
 
 PREFIX = "/api/v1"
 
@@ -48,7 +59,8 @@ def create_app(
     if runtime is not None:
         app.state.runtime = runtime
     errors.install(app)
-    for module in (system, pipelines, executions, schedules, metrics, query, data, insights):
+    modules = (system, pipelines, executions, schedules, metrics, query, data, insights, alerts)
+    for module in modules:
         app.include_router(module.router, prefix=PREFIX)
     app.include_router(schedules.hooks, prefix=PREFIX)
     app.include_router(metrics.prometheus)
