@@ -31,13 +31,13 @@ stages:
 
 @pytest.fixture
 def rt(tmp_path):
-    """A runtime whose store holds 300 hourly runs of `flaky` ending in a failure streak (its
+    """A runtime whose store holds 300 hourly runs of `flaky` ending in 12 failures in a row (its
     next run is at critical risk) and of `steady` (never fails), each with a 2-hourly schedule."""
     settings = Settings(data_dir=tmp_path / "data", log_flush_interval=0.05, insights_interval=0.2)
     runtime = Runtime(settings)
     end = datetime.now(UTC)
     for name, failed, seed in (
-        ("flaky", streaky(300, 3) + [True] * 6, 1),
+        ("flaky", streaky(300, 3) + [True] * 12, 1),
         ("steady", [False] * 300, 2),
     ):
         runtime.save_pipeline(PIPE.format(name=name))
@@ -326,7 +326,7 @@ def test_a_held_run_left_at_shutdown_is_cancelled_not_failed(tmp_path):
     settings = Settings(data_dir=tmp_path / "data", log_flush_interval=0.05)
     rt = Runtime(settings)
     rt.save_pipeline(PIPE.format(name="flaky"))
-    write(rt.store, history("flaky", streaky(300, 3) + [True] * 6, end=datetime.now(UTC), seed=1))
+    write(rt.store, history("flaky", streaky(300, 3) + [True] * 12, end=datetime.now(UTC), seed=1))
     rt.review.recompute()
     rt.review.set_policy("flaky", PolicyIn(risk_gate=True, medium=0.0), "ann")
     rec = rt.trigger("flaky")
