@@ -254,7 +254,7 @@ def duration_anomaly(
         return None  # too little history to tell what is normal
     import polars as pl
 
-    history = insights.load_history(store, since).filter(pl.col("pipeline_id") == rec.pipeline_id)
+    history = insights.load_history(store, since, rec.pipeline_id)
     hit = insights.duration_anomalies(history, ["pipeline_id"]).filter(pl.col("id") == rec.id)
     if hit.is_empty():
         return Verdict(False, message=f"run {rec.id} took {secs(rec.duration)}, as usual")

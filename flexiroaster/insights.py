@@ -74,23 +74,33 @@ def _insight(
 _FINISHED = "e.status IN ('completed', 'failed') AND e.started_at IS NOT NULL AND e.completed_at IS NOT NULL"
 
 
-def load_history(store: Store, since: datetime | None = None) -> pl.DataFrame:
+def load_history(
+    store: Store, since: datetime | None = None, pipeline_id: str | None = None
+) -> pl.DataFrame:
     """Finished (completed or failed) runs, one row each, ordered by pipeline then time.
 
     Times are epoch seconds (`t` created, `scheduled` fire time); `rows` is the first
     stage's input (its rows_in, else its rows_out), summarised in DuckDB so only one row per
     run crosses into Python. Cancelled runs are left out: they neither failed nor succeeded.
+    `pipeline_id` keeps one pipeline's runs (and reads only its stage rows).
     """
     where, args = (f"{_FINISHED} AND e.created_at >= ?", [since]) if since else (_FINISHED, [])
+    stage_where, stage_args = "", []
+    if pipeline_id is not None:
+        where, args = f"{where} AND e.pipeline_id = ?", [*args, pipeline_id]
+        stage_where = (
+            " WHERE execution_id IN (SELECT id FROM flexiroaster.executions WHERE pipeline_id = ?)"
+        )
+        stage_args = [pipeline_id]
     found = store.query(
         "SELECT e.id, e.pipeline_id, e.pipeline_version, e.status, epoch(e.created_at),"
         " epoch(e.scheduled_for), epoch(e.completed_at) - epoch(e.started_at), s.rows"
         " FROM flexiroaster.executions e LEFT JOIN ("
         "   SELECT execution_id, arg_min(coalesce(rows_in, rows_out), position) AS rows"
-        "   FROM flexiroaster.stage_executions GROUP BY execution_id"
+        f"   FROM flexiroaster.stage_executions{stage_where} GROUP BY execution_id"
         " ) s ON s.execution_id = e.id"
         f" WHERE {where} ORDER BY e.pipeline_id, e.created_at, e.id",
-        args,
+        [*stage_args, *args],
     )
     schema = {
         "id": pl.String, "pipeline_id": pl.String, "version": pl.String, "status": pl.String,
