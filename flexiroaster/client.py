@@ -230,6 +230,40 @@ class Client:
     def retry(self, execution_id: str) -> dict:
         return self._call("POST", f"/executions/{execution_id}/retry")
 
+    def release(self, execution_id: str, by: str, reason: str | None = None) -> dict:
+        """Start a run the risk gate held."""
+        body = {"by": by} | ({"reason": reason} if reason else {})
+        return self._call("POST", f"/executions/{execution_id}/release", json=body)
+
+    # --- insights and their review ---
+    def insights(self, **filters: Any) -> dict:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self._call("GET", "/insights", params=params)
+
+    def insight(self, insight_id: str) -> dict:
+        return self._call("GET", f"/insights/{insight_id}")
+
+    def decide_insight(
+        self, insight_id: str, decision: str, by: str, reason: str | None = None, **more: Any
+    ) -> dict:
+        """`decision`: approve, reject, dismiss or snooze (snooze takes `hours` or `until`)."""
+        body = {"by": by} | ({"reason": reason} if reason else {}) | more
+        return self._call("POST", f"/insights/{insight_id}/{decision}", json=body)
+
+    def recompute_insights(self) -> dict:
+        return self._call("POST", "/insights/recompute")
+
+    def insight_policy(self) -> dict:
+        return self._call("GET", "/insights/policy")
+
+    def set_insight_policy(self, by: str, pipeline_id: str | None = None, **fields: Any) -> dict:
+        """The global policy, or `pipeline_id`'s override (fields left out follow the global)."""
+        path = f"/insights/policy/{pipeline_id}" if pipeline_id else "/insights/policy"
+        return self._call("PUT", path, json={"by": by, **fields})
+
+    def delete_insight_policy(self, pipeline_id: str, by: str) -> dict:
+        return self._call("DELETE", f"/insights/policy/{pipeline_id}", params={"by": by})
+
     def logs(
         self, execution_id: str, after: int = 0, limit: int = 1000, level: str | None = None
     ) -> dict:
