@@ -21,6 +21,7 @@ STATUS_ICON = {
     "cancelled": "⏹️",
     "running": "🔄",
     "pending": "⏳",
+    "held": "✋",
     "retrying": "🔁",
     "skipped": "⏭️",
 }

@@ -148,3 +148,67 @@ def test_create_run_and_watch_a_pipeline_in_chromium(tmp_path):
         os.killpg(up.pid, signal.SIGKILL)
         pytest.fail("`flexiroaster up` exited but left its runtime or app running")
     assert not answers(f"{api}/api/v1/health") and not answers(f"{app}/_stcore/health")
+
+
+@pytest.mark.slow
+def test_approve_an_insight_in_chromium(tmp_path):
+    """A critical failure risk computed from a real imported history is approved on the Insights
+    page: the schedule it names is paused."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium`")
+    from playwright.sync_api import sync_playwright
+
+    from .test_ui_review import seeded
+
+    data = tmp_path / "data"
+    sample_data_dir(data)
+    seeded(data)  # the store is written, and closed, before `up` opens it
+    port, ui_port = free_port(), free_port()
+    env = {**os.environ, "FLEXIROASTER_DATA_DIR": str(data)}
+    env.pop("FLEXIROASTER_API_TOKEN", None)
+    env.pop("FLEXIROASTER_API_URL", None)
+    log = tmp_path / "up.log"
+    with log.open("w") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "flexiroaster", "up", "--port", str(port), "--ui-port",
+             str(ui_port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    api, app = f"http://127.0.0.1:{port}/api/v1", f"http://127.0.0.1:{ui_port}"
+    try:
+        wait_http(f"{app}/_stcore/health", up, log)
+        import httpx
+
+        deadline = time.monotonic() + 30  # insights are computed once the runtime starts
+        while not httpx.get(f"{api}/insights", params={"status": "pending_review"}).json()["total"]:
+            assert time.monotonic() < deadline, "no insight waits for review"
+            time.sleep(0.2)
+        (risk,) = httpx.get(f"{api}/insights", params={"status": "pending_review"}).json()[
+            "insights"
+        ]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(30_000)
+            page.goto(f"{app}/insights")
+            page.get_by_text(risk["title"]).first.wait_for()
+            settle(page)
+            name = page.get_by_role("textbox", name="Your name")
+            name.fill("Ann Ops")
+            name.press("Enter")
+            settle(page)
+            page.get_by_role("button", name="Approve").click()
+            page.get_by_text("schedule flaky-2h paused").wait_for()
+            settle(page)
+            page.screenshot(path=str(tmp_path / "insights.png"), full_page=True)
+            browser.close()
+        assert httpx.get(f"{api}/schedules/flaky-2h").json()["enabled"] is False
+        assert httpx.get(f"{api}/insights/{risk['id']}").json()["decided_by"] == "Ann Ops"
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()

@@ -4,6 +4,8 @@ Pipelines and Executions pages have their own tests in test_ui_pipelines.py."""
 
 from __future__ import annotations
 
+import time
+
 from .conftest import app_test
 
 
@@ -57,17 +59,23 @@ def test_insights_alerts_and_settings_show_real_history(ui_runtime):
     assert good["status"] == "completed"
 
     at = app_test("views/insights.py")
-    table = frames(at)[0].set_index("pipeline")
+    table = next(f for f in frames(at) if "success rate %" in f.columns).set_index("pipeline")
     assert (
         table.loc["log-analyzer", "runs"] == 1
         and table.loc["log-analyzer", "success rate %"] == 100
     )
     assert table.loc["inventory-reconciliation", "success rate %"] == 0
 
+    # the default run-failed rule opens an alert for the failed run (judged after it ends)
+    deadline = time.monotonic() + 20
+    while not (opened := c.alerts(status="open", rule_id="run-failed")["alerts"]):
+        assert time.monotonic() < deadline, "no alert for the failed run"
+        time.sleep(0.1)
     al = app_test("views/alerts.py")
-    failed = next(f for f in frames(al) if "failures" in f.columns)
-    assert list(failed["pipeline"]) == ["inventory-reconciliation"]
-    assert bad["id"] in failed["latest"][0]
+    assert [a["pipeline_id"] for a in opened] == ["inventory-reconciliation"]
+    assert opened[0]["evidence"] == [bad["id"]]
+    assert f"Open: {c.alerts(status='open')['total']}" in [h.value for h in al.subheader]
+    assert f"(/executions?run={bad['id']})" in " ".join(m.value for m in al.markdown)
 
     st_ = app_test("views/settings.py")
     values = frames(st_)[0].set_index("setting")["value"]

@@ -1,8 +1,9 @@
 """Dashboard: today's runs, success rate, durations and the runtime's own load; runs over time;
-recent failures and what needs attention.
+recent failures, what needs attention, the open alerts and the top insights.
 
-Five API calls in all (system metrics, timeline, failed runs, schedules, health), each answered
-from aggregates, so the page stays fast however long the history is.
+Seven API calls in all (system metrics, timeline, failed runs, schedules, health, open alerts,
+insights), each answered from aggregates or one bounded page, so the page stays fast however
+long the history is.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from flexiroaster.errors import FlexiError
 
 WINDOWS = {"48 hours, per hour": (48, "hour"), "30 days, per day": (30 * 24, "day")}
 STATUS_COLORS = {"completed": "#2e7d32", "failed": "#c62828", "cancelled": "#9e9e9e"}
+SEVERITY = {"critical": "🔴", "high": "🟠", "medium": "🟡", "low": "🔵", "info": "⚪"}
+RANK = {s: n for n, s in enumerate(SEVERITY)}
+TOP = 5
+ALERTS_READ = 100  # the API lists alerts newest first; the top 5 by severity are among these
+INSIGHTS_READ = 50  # the API sorts by severity and confidence; the top 5 are among these
+SHOW_INSIGHT = ("open", "pending_review", "applied", "approved")  # not dismissed, snoozed, ...
 
 
 def filled_buckets(buckets: list[dict], hours: int, bucket: str):
@@ -217,6 +224,59 @@ with right:
             "Nothing: every runtime component is ok, no schedule reports an error and no run"
             " failed in the last 24 hours."
         )
+
+left, right = st.columns(2)
+
+with left:
+    try:
+        alerts = c.alerts(status="open", limit=ALERTS_READ)
+    except FlexiError as exc:
+        st.subheader("Open alerts")
+        ui.show_error(exc, "Could not list the open alerts")
+        alerts = None
+    if alerts is not None:
+        st.subheader(f"Open alerts: {alerts['total']:,}")
+        st.caption(
+            "Most severe first, then newest"
+            + (f" (of the newest {ALERTS_READ})" if alerts["total"] > ALERTS_READ else "")
+            + "; acknowledged ones are left out."
+        )
+        if not alerts["alerts"]:
+            st.write("No open alert.")
+        for a in sorted(alerts["alerts"], key=lambda a: RANK.get(a["severity"], 9))[:TOP]:
+            runs = a["occurrences"]
+            st.markdown(
+                f"{SEVERITY.get(a['severity'], '')} **{a['pipeline_id']}** · {a['title']}  \n"
+                f"{a['severity']} · {runs} occurrence{'s' if runs != 1 else ''} · last"
+                f" {ui.ago(a['last_seen_at'])}"
+            )
+    st.page_link("views/alerts.py", label="All alerts and their rules", icon="🚨")
+
+with right:
+    st.subheader("Top insights")
+    st.caption("Most severe and most confident first; low-confidence ones are left out.")
+    try:
+        found = c.insights(limit=INSIGHTS_READ)
+    except FlexiError as exc:
+        ui.show_error(exc, "Could not list the insights")
+        found = None
+    if found is not None:
+        top = [
+            i for i in found["insights"] if not i["low_confidence"] and i["status"] in SHOW_INSIGHT
+        ][:TOP]
+        if not top:
+            st.write(
+                "No insight to show: none yet, or only low-confidence or decided ones."
+                if found["total"]
+                else "No insights yet: the models need finished runs to learn from."
+            )
+        for i in top:
+            waiting = " · **waiting for review**" if i["status"] == "pending_review" else ""
+            st.markdown(
+                f"{SEVERITY[i['severity']]} **{i['pipeline_id']}** · {i['title']}  \n"
+                f"{i['severity']} · {i['confidence']:.0%} confident · {i['type']}{waiting}"
+            )
+    st.page_link("views/insights.py", label="All insights and their review", icon="💡")
 
 st.caption(f"Figures as of {ui.when(system['timestamp'])} UTC.")
 if st.button("Refresh", key="dash_refresh"):

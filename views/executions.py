@@ -1,5 +1,5 @@
 """Executions: a paged, filtered list of runs; one run (open it with ?run=<id>) with its stages,
-timeline, live log, output tables, cancel and retry."""
+timeline, live log, output tables, cancel and retry, and release of a run the risk gate held."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from flexiroaster.errors import FlexiError
 
 PAGE = 50
 ACTIVE = ("pending", "running", "retrying")
-STATUSES = ["pending", "running", "retrying", "completed", "failed", "cancelled"]
+STATUSES = ["held", "pending", "running", "retrying", "completed", "failed", "cancelled"]
 COLOURS = {
+    "held": "#9b59b6",
     "completed": "#2e9e5b",
     "failed": "#d9534f",
     "cancelled": "#8c8c8c",
@@ -117,16 +118,55 @@ def header(run: dict) -> None:
         st.error(run["error"])
 
 
+def keep_name() -> None:
+    st.session_state["reviewer"] = st.session_state["ex_reviewer"].strip()
+
+
+def held(run: dict) -> None:
+    """Why the risk gate holds the run (its log says so), and releasing it with a name."""
+    try:
+        lines = c.logs(run["id"], level="WARN")["logs"]
+    except FlexiError as exc:
+        ui.show_error(exc, "Could not read why the run is held")
+        lines = []
+    why = [x["message"] for x in lines if "risk gate" in x["message"]]
+    st.warning(
+        f"This run waits for a person — its log says: “{why[-1] if why else 'held'}”."
+        " Release it to start it now, or cancel it."
+    )
+    # "reviewer" is the name the Insights and Alerts pages ask for too (a plain key: a widget's
+    # own key is dropped on pages that do not draw it).
+    st.session_state.setdefault("reviewer", "")
+    st.session_state["ex_reviewer"] = st.session_state["reviewer"]
+    a, b = st.columns([1, 2])
+    a.text_input("Your name", key="ex_reviewer", on_change=keep_name)
+    b.text_input("Reason (optional, kept in the audit log)", key="run_release_reason")
+    if st.button("Release run", key="run_release", type="primary"):
+        by = st.session_state["reviewer"]
+        if not by:
+            st.error("Enter your name first: releasing a held run is recorded with who did it.")
+            return
+        try:
+            done = c.release(run["id"], by, st.session_state["run_release_reason"].strip() or None)
+        except FlexiError as exc:
+            ui.show_error(exc, "Not released")
+        else:
+            st.toast(f"Run {done['id']} released by {by} ({done['status']}).")
+            st.rerun()
+
+
 def actions(run: dict) -> None:
-    """Cancel an active run; retry a failed or cancelled one from where it stopped."""
+    """Cancel an active or held run; retry a failed or cancelled one from where it stopped."""
     left, right, _ = st.columns([1, 1, 3])
-    if run["status"] in ACTIVE and left.button("Cancel run", key="run_cancel"):
+    if run["status"] in (*ACTIVE, "held") and left.button("Cancel run", key="run_cancel"):
         try:
             done = c.cancel(run["id"])
         except FlexiError as exc:
             ui.show_error(exc, "Not cancelled")
         else:
             st.toast(f"Run {done['id']}: cancel requested ({done['status']}).")
+            if run["status"] == "held":  # no live view to pick the change up
+                st.rerun()
     if run["status"] in ("failed", "cancelled") and right.button(
         "Retry from failure", key="run_retry", type="primary"
     ):
@@ -242,6 +282,8 @@ def detail(run_id: str) -> None:
         live(run_id)
         return
     header(run)
+    if run["status"] == "held":
+        held(run)
     actions(run)
     stages_section(run)
     outputs(run)
