@@ -107,3 +107,39 @@ def run_link(run_id: str) -> str:
 
 def rows_table(records: list[dict[str, Any]], columns: list[str]) -> list[dict[str, Any]]:
     return [{c: r.get(c) for c in columns} for r in records]
+
+
+# --- who acts: one name across the pages that record decisions ----------------------------------
+
+REVIEWER = "reviewer"  # a plain session key: a widget's own key is dropped on a page not drawing it
+
+
+def reviewer_input(key: str, help: str | None = None, container: Any = None) -> None:
+    """The "Your name" box, kept under REVIEWER so Insights, Alerts and Executions share it."""
+
+    def keep() -> None:
+        st.session_state[REVIEWER] = st.session_state[key].strip()
+
+    st.session_state.setdefault(REVIEWER, "")
+    st.session_state[key] = st.session_state[REVIEWER]
+    (container or st).text_input("Your name", key=key, on_change=keep, help=help)
+
+
+def reviewer() -> str:
+    """The name entered on any page ('' when none)."""
+    return st.session_state.get(REVIEWER, "").strip()
+
+
+def tell(key: str, kind: str, message: str | Exception, what: str = "") -> None:
+    """Keep a callback's outcome under `key` for the page run that follows it."""
+    st.session_state[key] = (kind, message, what)
+
+
+def show_outcome(key: str) -> None:
+    kind, message, what = st.session_state.pop(key, (None, None, None))
+    if isinstance(message, Exception):
+        show_error(message, what)
+    elif kind == "success":
+        st.success(message)
+    elif kind == "error":
+        st.error(message)

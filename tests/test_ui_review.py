@@ -20,7 +20,7 @@ from .test_review import PIPE
 
 NAME = "Ann Ops"
 HISTORIES = (
-    ("flaky", streaky(300, 3) + [True] * 6, 1),
+    ("flaky", streaky(300, 3) + [True] * 12, 1),
     ("steady", [False] * 300, 2),
     ("newbie", [False, True, False, False], 3),
 )

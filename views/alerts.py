@@ -34,40 +34,20 @@ st.title("Alerts")
 # --- who acts, and what the last action did ---------------------------------------------------
 
 
-def keep_name() -> None:
-    st.session_state["reviewer"] = st.session_state["al_reviewer"].strip()
-
-
-# "reviewer" is a plain key: a widget's own key is dropped on a page that does not draw it, and
-# the Insights and Executions pages ask for the same name.
-st.session_state.setdefault("reviewer", "")
-st.session_state["al_reviewer"] = st.session_state["reviewer"]
-st.text_input(
-    "Your name",
-    key="al_reviewer",
-    on_change=keep_name,
-    help="Recorded with every acknowledgement and resolution.",
-)
+ui.reviewer_input("al_reviewer", help="Recorded with every acknowledgement and resolution.")
 
 
 def tell(kind: str, message: str | Exception, what: str = "") -> None:
-    """Keep a callback's outcome for the page run that follows it."""
-    st.session_state["al_outcome"] = (kind, message, what)
+    ui.tell("al_outcome", kind, message, what)
 
 
 def show_outcome() -> None:
-    kind, message, what = st.session_state.pop("al_outcome", (None, None, None))
-    if isinstance(message, Exception):
-        ui.show_error(message, what)
-    elif kind == "success":
-        st.success(message)
-    elif kind == "error":
-        st.error(message)
+    ui.show_outcome("al_outcome")
 
 
 def act(alert: dict, verb: str) -> None:
     """Acknowledge or resolve (a button's on_click, done before the page is drawn again)."""
-    by = st.session_state.get("reviewer", "").strip()
+    by = ui.reviewer()
     if not by:
         tell(
             "error",

@@ -118,10 +118,6 @@ def header(run: dict) -> None:
         st.error(run["error"])
 
 
-def keep_name() -> None:
-    st.session_state["reviewer"] = st.session_state["ex_reviewer"].strip()
-
-
 def held(run: dict) -> None:
     """Why the risk gate holds the run (its log says so), and releasing it with a name."""
     try:
@@ -134,15 +130,11 @@ def held(run: dict) -> None:
         f"This run waits for a person — its log says: “{why[-1] if why else 'held'}”."
         " Release it to start it now, or cancel it."
     )
-    # "reviewer" is the name the Insights and Alerts pages ask for too (a plain key: a widget's
-    # own key is dropped on pages that do not draw it).
-    st.session_state.setdefault("reviewer", "")
-    st.session_state["ex_reviewer"] = st.session_state["reviewer"]
     a, b = st.columns([1, 2])
-    a.text_input("Your name", key="ex_reviewer", on_change=keep_name)
+    ui.reviewer_input("ex_reviewer", container=a)  # the name Insights and Alerts ask for too
     b.text_input("Reason (optional, kept in the audit log)", key="run_release_reason")
     if st.button("Release run", key="run_release", type="primary"):
-        by = st.session_state["reviewer"]
+        by = ui.reviewer()
         if not by:
             st.error("Enter your name first: releasing a held run is recorded with who did it.")
             return

@@ -40,39 +40,21 @@ st.title("Insights")
 # --- who decides, and what the last decision did ------------------------------------------------
 
 
-def keep_name() -> None:
-    st.session_state["reviewer"] = st.session_state["in_reviewer"].strip()
-
-
-# "reviewer" is a plain key: a widget's own key is dropped on a page that does not draw it, and
-# the Alerts and Executions pages ask for the same name.
-st.session_state.setdefault("reviewer", "")
-st.session_state["in_reviewer"] = st.session_state["reviewer"]
-st.text_input(
-    "Your name",
-    key="in_reviewer",
-    on_change=keep_name,
-    help="Recorded in the audit log with every decision and policy change.",
+ui.reviewer_input(
+    "in_reviewer", help="Recorded in the audit log with every decision and policy change."
 )
 
 
 def tell(kind: str, message: str | Exception, what: str = "") -> None:
-    """Keep a callback's outcome for the page run that follows it."""
-    st.session_state["in_outcome"] = (kind, message, what)
+    ui.tell("in_outcome", kind, message, what)
 
 
 def show_outcome() -> None:
-    kind, message, what = st.session_state.pop("in_outcome", (None, None, None))
-    if isinstance(message, Exception):
-        ui.show_error(message, what)
-    elif kind == "success":
-        st.success(message)
-    elif kind == "error":
-        st.error(message)
+    ui.show_outcome("in_outcome")
 
 
 def reviewer() -> str | None:
-    name = st.session_state.get("reviewer", "").strip()
+    name = ui.reviewer()
     if not name:
         tell(
             "error",
