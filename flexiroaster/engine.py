@@ -171,6 +171,7 @@ class Engine:
         run_id: str | None = None,
         scheduled_for: datetime | None = None,
         held: bool = False,
+        lineage: dict[str, Any] | None = None,
     ) -> tuple[_Run, Future[None]]:
         params = dict(params or {})
         check_placeholders(pipeline, f"pipeline {pipeline.name}", None, params)
@@ -189,6 +190,7 @@ class Engine:
             pid=os.getpid(),
             spec_yaml=pipeline_to_yaml(pipeline),
             scheduled_for=scheduled_for,
+            lineage=lineage,
         )
         stages = {s.id: StageRecord(run_id, s.id, s.type, i) for i, s in enumerate(pipeline.stages)}
         # Run parameters win over variables and over the date builtins (a backfill passes

@@ -52,6 +52,8 @@ class ExecutionRecord:
     pid: int | None = None
     spec_yaml: str | None = None
     scheduled_for: datetime | None = None  # the fire time a scheduled run stands for
+    # Where an outside orchestrator started it: {"dag_id", "dag_run_id", "task_id", "mode"}
+    lineage: dict[str, Any] | None = None
 
     @property
     def duration(self) -> float | None:
@@ -90,6 +92,8 @@ LOG_COLS = list(LogRecord.__dataclass_fields__)
 def db_value(col: str, value: Any) -> Any:
     if col == "params":
         return json.dumps(value, default=str)
+    if col == "lineage":
+        return None if value is None else json.dumps(value, default=str)
     if col == "status":
         return str(value)
     return value
@@ -101,6 +105,7 @@ def _json(value: Any) -> Any:
 
 def execution_from_row(row: dict[str, Any]) -> ExecutionRecord:
     row["params"] = _json(row["params"]) or {}
+    row["lineage"] = _json(row.get("lineage"))
     row["status"] = RunStatus(row["status"])
     return ExecutionRecord(**row)
 

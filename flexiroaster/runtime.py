@@ -123,13 +123,14 @@ class Runtime:
         params: dict | None = None,
         trigger: str = "api",
         scheduled_for: datetime | None = None,
+        lineage: dict | None = None,
     ) -> ExecutionRecord:
         """Start a run (or queue it); the risk gate, when on, holds it instead."""
         loaded = self.get_pipeline(pipeline_id)
         held = self.review.gate(pipeline_id)
         rec = self.engine.submit(
             loaded.pipeline, params or {}, trigger=trigger, scheduled_for=scheduled_for,
-            held=held is not None,
+            held=held is not None, lineage=lineage,
         )  # fmt: skip
         return self._audit_hold(rec, held)
 

@@ -69,10 +69,23 @@ class Settings(BaseSettings):
         5.0, ge=0, le=3600,
         description="Least seconds between insight recomputations after runs finish",
     )
+    airflow_secret: SecretStr | None = Field(
+        None,
+        description="Shared secret of the Airflow endpoints (X-Airflow-Secret, or the key of an"
+        " X-Airflow-Signature HMAC); without it they refuse every call",
+    )
+    warehouse_dir: Path | None = Field(
+        None,
+        description="Where Airflow-run stages exchange Parquet files; default DATA_DIR/warehouse",
+    )
 
     @property
     def store_file(self) -> Path:
         return self.store_path or self.data_dir / "flexiroaster.duckdb"
+
+    @property
+    def warehouse(self) -> Path:
+        return self.warehouse_dir or self.data_dir / "warehouse"
 
     @property
     def pipelines_dir(self) -> Path:

@@ -146,10 +146,21 @@ MIGRATIONS: list[str] = [
         ('validation-rate', 'Validation failing in over 20% of the last 20 runs',
          'validation_failure_rate', NULL, 20, 20, 'medium', '[]', true, now(), now());
     """,
+    # 6: the Airflow lineage of a run, and the task states Airflow reported for it
+    """
+    ALTER TABLE flexiroaster.executions ADD COLUMN lineage JSON;
+    CREATE TABLE flexiroaster.airflow_callbacks (
+        id VARCHAR PRIMARY KEY, execution_id VARCHAR NOT NULL, dag_id VARCHAR NOT NULL,
+        dag_run_id VARCHAR NOT NULL, task_id VARCHAR NOT NULL, try_number INTEGER NOT NULL,
+        state VARCHAR NOT NULL, message VARCHAR, error VARCHAR, start_date TIMESTAMPTZ,
+        end_date TIMESTAMPTZ, received_at TIMESTAMPTZ NOT NULL, payload JSON
+    );
+    CREATE INDEX airflow_callbacks_execution ON flexiroaster.airflow_callbacks (execution_id);
+    """,
 ]
 
 # Columns stored as JSON text, decoded by rows() and encoded by put_rows().
-_JSON_COLS = {"webhooks", "evidence", "data", "action", "params", "detail"}
+_JSON_COLS = {"webhooks", "evidence", "data", "action", "params", "detail", "payload", "lineage"}
 
 
 _STAGE_KEY = ["execution_id", "stage_id"]

@@ -164,7 +164,8 @@ class ExecutionOut(_Out):
             completed_at=e.completed_at, error=e.error, stages_completed=e.stages_completed,
             total_stages=e.total_stages, duration=e.duration, retry_of=e.retry_of,
             scheduled_for=e.scheduled_for,
-            context={"trigger": e.trigger, "params": e.params, "retry_of": e.retry_of},
+            context={"trigger": e.trigger, "params": e.params, "retry_of": e.retry_of}
+            | ({"airflow": e.lineage} if e.lineage else {}),
             stages=[StageOut.of(s) for s in stages] if stages is not None else None,
         )  # fmt: skip
 
