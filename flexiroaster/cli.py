@@ -427,6 +427,26 @@ def cmd_up(args) -> int:
         stop()
 
 
+def cmd_export_airflow(args) -> int:
+    from . import airflow_export
+    from .spec import load_pipeline
+
+    settings = _settings()
+    path = find_pipeline_file(args.pipeline, settings)
+    pipeline = load_pipeline(path)
+    written = airflow_export.write(
+        pipeline,
+        Path(path).read_text(encoding="utf-8"),
+        args.mode,
+        Path(args.output),
+        api_url=args.url or os.environ.get("FLEXIROASTER_API_URL", "http://127.0.0.1:8000"),
+        warehouse=Path(args.warehouse or settings.warehouse).resolve(),
+        data_dir=Path(settings.data_dir).resolve(),
+    )
+    print(f"wrote {written} (DAG {airflow_export.dag_id(pipeline, args.mode)}, {args.mode} mode)")
+    return 0
+
+
 def _client():
     from .client import Client
 
@@ -538,6 +558,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--url", help="runtime URL (FLEXIROASTER_API_URL, default http://127.0.0.1:8000)"
     )
     p.set_defaults(fn=cmd_trigger)
+    p = sub.add_parser(
+        "export-airflow", help="write a pipeline as an Airflow 3 DAG file (trigger or stages mode)"
+    )
+    p.add_argument("pipeline", help="a pipeline file, or a sample's name")
+    p.add_argument("--mode", choices=["trigger", "stages"], default="trigger")
+    p.add_argument("-o", "--output", required=True, help="folder for the DAG file")
+    p.add_argument("--url", help="the runtime's URL the DAG calls (default FLEXIROASTER_API_URL)")
+    p.add_argument("--warehouse", help="shared folder for the stages' Parquet files (stages mode)")
+    p.set_defaults(fn=cmd_export_airflow)
     p = sub.add_parser("up", help="start the runtime and the app together (Ctrl-C stops both)")
     p.add_argument("--port", type=int, help="runtime port (default 8000, FLEXIROASTER_PORT)")
     p.add_argument("--ui-port", type=int, default=8501, help="app port (default 8501)")

@@ -58,6 +58,23 @@ class _Run:
     cancel_reason: str = "cancelled"
 
 
+def run_scope(
+    pipeline: Pipeline, params: dict[str, Any], run_id: str, stands_for: datetime, settings: Settings
+) -> dict[str, Any]:
+    """What `{{ ... }}` placeholders see. Run parameters win over variables and over the date
+    builtins (a backfill passes its own run_date); run_id and pipeline always name this run.
+    A scheduled run stands for its fire time (a catch-up run for a past day)."""
+    return {
+        "run_date": stands_for.date().isoformat(),
+        "run_ts": stands_for.isoformat(),
+        "data_dir": str(settings.data_dir),
+        **pipeline.variables,
+        **params,
+        "run_id": run_id,
+        "pipeline": pipeline.name,
+    }
+
+
 def new_run_id() -> str:
     """Time-ordered (milliseconds, then 32 random bits), so the store's rows for recent runs sit
     together and its zone maps skip the rest when a batch of run states is written."""
@@ -193,18 +210,7 @@ class Engine:
             lineage=lineage,
         )
         stages = {s.id: StageRecord(run_id, s.id, s.type, i) for i, s in enumerate(pipeline.stages)}
-        # Run parameters win over variables and over the date builtins (a backfill passes
-        # its own run_date); run_id and pipeline always name this run.
-        scope = {
-            # A scheduled run stands for its fire time (a catch-up run for a past day).
-            "run_date": (scheduled_for or created).date().isoformat(),
-            "run_ts": (scheduled_for or created).isoformat(),
-            "data_dir": str(self.settings.data_dir),
-            **pipeline.variables,
-            **params,
-            "run_id": run_id,
-            "pipeline": pipeline.name,
-        }
+        scope = run_scope(pipeline, params, run_id, scheduled_for or created, self.settings)
         run = _Run(pipeline, record, stages, scope, f'scratch."r_{run_id}"', listener)
         if retry_of is not None:
             self._plan_reuse(run, retry_of)
