@@ -235,6 +235,10 @@ class Client:
         body = {"by": by} | ({"reason": reason} if reason else {})
         return self._call("POST", f"/executions/{execution_id}/release", json=body)
 
+    def airflow_callbacks(self, execution_id: str) -> dict:
+        """The task states Airflow reported for a run, oldest first."""
+        return self._call("GET", f"/airflow/callbacks/{execution_id}")
+
     # --- insights and their review ---
     def insights(self, **filters: Any) -> dict:
         params = {k: v for k, v in filters.items() if v is not None}

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from .airflow_link import AirflowLink
 from .alerts import Alerts
 from .engine import Engine
 from .errors import Conflict, FlexiError
@@ -41,6 +42,8 @@ class Runtime:
         self.alerts = Alerts(self)
         # Insights and their review: recomputed in the background once start() is called.
         self.review = Review(self)
+        # Airflow's trigger and task callbacks: its credentials and replay memory.
+        self.airflow = AirflowLink(self)
         self.started_at = time.time()
         self.meter = ProcessMeter()
         self.closed = False

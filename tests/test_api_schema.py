@@ -22,6 +22,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from flexiroaster.airflow_link import TriggerIn
 from flexiroaster.api import create_app
 from flexiroaster.runtime import Runtime
 from flexiroaster.settings import load_settings
@@ -31,6 +32,8 @@ from .conftest import serving
 
 TOKEN = "schema-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AIRFLOW_SECRET = "schema-test-airflow-secret"
+AIRFLOW = {"X-Airflow-Secret": AIRFLOW_SECRET}
 CHECKS = [
     not_a_server_error,
     response_schema_conformance,
@@ -94,6 +97,7 @@ def runtime(tmp_path_factory):
         load_settings(
             data_dir=data,
             api_token=TOKEN,
+            airflow_secret=AIRFLOW_SECRET,
             max_workers=2,
             log_flush_interval=0.05,
             query_timeout=2,
@@ -144,6 +148,9 @@ def test_real_records_conform(runtime, base_url):
     # An insight's id names its subject: the failure risk of seeded's next run.
     risk = hashlib.sha1(b"failure_prediction|seeded|None|next").hexdigest()[:16]
     [alert] = [a.id for a in runtime.alerts.alerts(pipeline_id="seeded-failing")[0]]
+    # A run Airflow started, for its callback (the trigger call below starts another).
+    lineage = {"pipeline_id": "seeded", "dag_id": "etl", "dag_run_id": "sched__1", "task_id": "run"}
+    airflow_run = runtime.airflow.trigger(TriggerIn(**lineage))[0].id
     calls = [
         ("GET", "/api/v1/health", {}, 200),
         ("GET", "/api/v1/", {}, 200),
@@ -206,6 +213,9 @@ def test_real_records_conform(runtime, base_url):
         ("GET", "/api/v1/alert-rules/{rule_id}", {"path_parameters": {"rule_id": "seeded-slow"}}, 200),
         ("PUT", "/api/v1/alert-rules/{rule_id}", {"path_parameters": {"rule_id": "seeded-slow"}, "body": {"name": "seeded slow", "kind": "duration_limit", "pipeline_id": "seeded", "threshold": 120}, "media_type": "application/json"}, 200),
         ("DELETE", "/api/v1/alert-rules/{rule_id}", {"path_parameters": {"rule_id": "seeded-slow"}}, 204),
+        ("POST", "/api/v1/airflow/trigger", {"headers": AIRFLOW, "body": {**lineage, "dag_run_id": "manual__2", "run_conf": {"n": 2}}, "media_type": "application/json"}, 202),
+        ("POST", "/api/v1/airflow/callback", {"headers": AIRFLOW, "body": {"execution_id": airflow_run, "dag_id": "etl", "dag_run_id": "sched__1", "task_id": "run", "callback_type": "on_execute_callback", "start_date": "2026-11-29T09:00:00Z"}, "media_type": "application/json"}, 200),
+        ("GET", "/api/v1/airflow/callbacks/{execution_id}", {"path_parameters": {"execution_id": airflow_run}}, 200),
     ]  # fmt: skip
     covered = set()
     for method, path, parts, status in calls:
@@ -227,4 +237,6 @@ def test_every_operation_conforms(case, base_url):
         # "Negative" YAML (a list or a number where the schema says mapping) is still YAML text:
         # judging a document that is not a pipeline is what /validate is for (200, valid: false).
         checks = [c for c in CHECKS if c is not negative_data_rejection]
-    case.call_and_validate(base_url=base_url, headers=AUTH, checks=checks, timeout=30)
+    # The Airflow endpoints' bodies are read only after their secret checks out.
+    headers = AUTH | (AIRFLOW if case.operation.path.startswith("/api/v1/airflow/") else {})
+    case.call_and_validate(base_url=base_url, headers=headers, checks=checks, timeout=30)

@@ -1,5 +1,6 @@
 """Executions: a paged, filtered list of runs; one run (open it with ?run=<id>) with its stages,
-timeline, live log, output tables, cancel and retry, and release of a run the risk gate held."""
+timeline, live log, output tables, cancel and retry, release of a run the risk gate held, and
+for a run Airflow started its DAG run and the task states Airflow reported."""
 
 from __future__ import annotations
 
@@ -181,6 +182,42 @@ def stages_section(run: dict) -> None:
                 st.code(s["traceback"] or s["error"], language=None)
 
 
+def airflow(run: dict) -> None:
+    """Where Airflow started the run (DAG, DAG run, task, mode) and the task states it reported."""
+    lineage = run["context"].get("airflow")
+    if not lineage:
+        return
+    st.markdown("**Airflow**")
+    st.text(
+        f"DAG id: {lineage.get('dag_id')}   DAG run id: {lineage.get('dag_run_id')}   task id:"
+        f" {lineage.get('task_id')}   mode: {lineage.get('mode', 'trigger')}"
+    )
+    try:
+        found = c.airflow_callbacks(run["id"])["callbacks"]
+    except FlexiError as exc:
+        ui.show_error(exc, "Could not read Airflow's callbacks")
+        return
+    if not found:
+        st.caption("No task state reported by Airflow yet.")
+        return
+    frame = pd.DataFrame(
+        [
+            {
+                "received (UTC)": ui.when(x["received_at"]),
+                "task": x["task_id"],
+                "try": x["try_number"],
+                "state": x["state"],
+                "started": ui.when(x["start_date"]),
+                "ended": ui.when(x["end_date"]),
+                "message": first_line(x["message"]),
+                "error": first_line(x["error"]),
+            }
+            for x in found
+        ]
+    )
+    st.dataframe(frame, hide_index=True, width="stretch", key="run_airflow")
+
+
 def quoted(table: str) -> str:
     return ".".join('"' + part.replace('"', '""') + '"' for part in table.split("."))
 
@@ -257,6 +294,7 @@ def live(run_id: str) -> None:
     header(run)
     actions(run)
     stages_section(run)
+    airflow(run)
     st.markdown("**Log** (following)")
     log_tail(run_id)
 
@@ -278,6 +316,7 @@ def detail(run_id: str) -> None:
         held(run)
     actions(run)
     stages_section(run)
+    airflow(run)
     outputs(run)
     st.markdown("**Log**")
     log_tail(run_id)

@@ -12,6 +12,7 @@ from ..errors import NotFound
 from ..runtime import Runtime
 from ..settings import Settings
 from . import (
+    airflow,
     alerts,
     data,
     errors,
@@ -63,6 +64,7 @@ def create_app(
     for module in modules:
         app.include_router(module.router, prefix=PREFIX)
     app.include_router(schedules.hooks, prefix=PREFIX)
+    app.include_router(airflow.router, prefix=PREFIX)
     app.include_router(metrics.prometheus)
 
     @app.get("/", include_in_schema=False)
