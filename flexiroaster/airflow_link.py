@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -102,6 +102,9 @@ class TriggerIn(BaseModel):
         return conf
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")  # of the lines a stage task sends
+
+
 class CallbackIn(BaseModel):
     """POST /airflow/callback: the state of one Airflow task of a run's DAG run."""
 
@@ -124,6 +127,9 @@ class CallbackIn(BaseModel):
     rows_in: int | None = Field(None, ge=0, le=2**62, description="stages mode: rows read")
     rows_out: int | None = Field(None, ge=0, le=2**62, description="stages mode: rows written")
     metrics: dict[str, Any] | None = Field(None, description="stages mode: the stage's metrics")
+    logs: list[Annotated[list[str], Field(min_length=2, max_length=2)]] | None = Field(
+        None, max_length=10_000, description="stages mode: the stage's log lines, [level, message]"
+    )
 
     @field_validator("start_date", "end_date", mode="before")
     @classmethod
@@ -388,6 +394,7 @@ class AirflowLink:
                     rec.id, stage, body.state, try_number=body.try_number,
                     start_date=body.start_date, end_date=body.end_date, error=body.error,
                     rows_in=body.rows_in, rows_out=body.rows_out, metrics=body.metrics,
+                    logs=[(lv if lv in LOG_LEVELS else "INFO", msg) for lv, msg in body.logs or []],
                 )  # fmt: skip
             self._store(rec, body, stage)
         cancels = (
@@ -424,7 +431,9 @@ class AirflowLink:
             "dag_run_id": body.dag_run_id, "task_id": body.task_id,
             "try_number": body.try_number, "state": state, "message": body.message,
             "error": body.error, "start_date": body.start_date, "end_date": body.end_date,
-            "received_at": now(), "payload": body.model_dump(mode="json", exclude_none=True),
+            "received_at": now(),
+            # The body as accepted; a stage's log lines went to the run's log, not in here.
+            "payload": body.model_dump(mode="json", exclude_none=True, exclude={"logs"}),
         }  # fmt: skip
         rt.store.put_rows("airflow_callbacks", [row])
         rt.store.audit(

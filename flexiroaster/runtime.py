@@ -12,6 +12,7 @@ from .airflow_link import AirflowLink
 from .alerts import Alerts
 from .engine import Engine
 from .errors import Conflict, FlexiError
+from .external import ExternalRuns
 from .metrics import ProcessMeter
 from .records import ExecutionRecord, PipelineRecord, now
 from .review import Review
@@ -44,6 +45,7 @@ class Runtime:
         self.review = Review(self)
         # Airflow's trigger and task callbacks: its credentials and replay memory.
         self.airflow = AirflowLink(self)
+        self.external = ExternalRuns(self)  # runs whose stages Airflow tasks execute
         self.started_at = time.time()
         self.meter = ProcessMeter()
         self.closed = False
@@ -159,6 +161,14 @@ class Runtime:
             )  # fmt: skip
             self.engine.log_held(rec, insight["title"])
         return rec
+
+    def start_external(self, pipeline_id: str, params: dict, lineage: dict) -> ExecutionRecord:
+        """A run whose stages Airflow tasks execute (see external.py)."""
+        return self.external.start(pipeline_id, params, lineage)
+
+    def external_stage(self, execution_id: str, stage_id: str, state: str, **kw) -> ExecutionRecord:
+        """Apply an Airflow task's state to its stage of an external run (see external.py)."""
+        return self.external.report(execution_id, stage_id, state, **kw)
 
     def release(self, execution_id: str, by: str, reason: str | None = None) -> ExecutionRecord:
         """Let a run the risk gate held start; audited with who and why."""

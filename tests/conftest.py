@@ -93,7 +93,7 @@ def sample_data_dir(target) -> None:
         REPO / "data",
         target,
         dirs_exist_ok=True,
-        ignore=shutil.ignore_patterns("*.duckdb*", "out", "work", "__pycache__"),
+        ignore=shutil.ignore_patterns("*.duckdb*", "out", "work", "warehouse", "*.key", "__pycache__"),
     )
 
 

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..airflow_link import Callback, CallbackIn, TriggerIn, parse
+from ..errors import Conflict, StageError
+from ..external import StageFailed
 from ..runtime import Runtime
 from .deps import runtime
 from .errors import documented
@@ -142,6 +144,71 @@ async def callback(
         return CallbackAnswer(accepted=True, duplicate=duplicate, execution=out)
 
     return await run_in_threadpool(record)
+
+
+class StageIn(BaseModel):
+    """POST /airflow/stage: run a stage that reads or writes the runtime's tables."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    execution_id: str = Field(min_length=1, max_length=200)
+    dag_id: str = Field(min_length=1, max_length=250)
+    dag_run_id: str = Field(min_length=1, max_length=250)
+    task_id: str = Field(min_length=1, max_length=250)
+    stage_id: str = Field(min_length=1, max_length=250)
+    try_number: int = Field(1, ge=0, le=100_000)
+
+
+class StageAnswer(_Out):
+    ok: bool = Field(description="Whether the stage succeeded (the task reports the outcome)")
+    error: str | None
+    rows_in: int | None
+    rows_out: int | None
+    metrics: dict[str, Any]
+    duration: float | None
+
+
+@router.post(
+    "/stage",
+    response_model=StageAnswer,
+    responses=_errors(400, 401, 404, 409, 413, 422),
+    openapi_extra=_body(StageIn),
+)
+async def run_stage(
+    request: Request,
+    rt: Runtime = Depends(runtime),
+    x_airflow_secret: str | None = SECRET,
+    x_airflow_signature: str | None = SIGNATURE,
+) -> StageAnswer:
+    """Run one stage of a stages-mode run here, from the warehouse's Parquet inputs, for a
+    stage that reads or writes the runtime's tables (only the runtime opens the store). The
+    stage is recorded running; the Airflow task reports success, retry or failure after.
+
+    Authenticated by the Airflow secret, not by the API's bearer token."""
+    raw = await request.body()
+    rt.airflow.authenticate(x_airflow_secret, x_airflow_signature, raw)
+    body = parse(StageIn, raw)
+    rec = rt.store.get_execution(body.execution_id)
+    lineage = rec.lineage or {}
+    if (body.dag_id, body.dag_run_id) != (lineage.get("dag_id"), lineage.get("dag_run_id")):
+        raise Conflict(
+            f"stage request from DAG run {body.dag_id}/{body.dag_run_id}, but the run was started"
+            f" by {lineage.get('dag_id')}/{lineage.get('dag_run_id')}"
+        )
+
+    def go() -> StageAnswer:
+        try:
+            done = rt.external.run_stage(body.execution_id, body.stage_id, body.try_number)
+        except (StageError, StageFailed) as exc:  # the stage's own failure, not the request's
+            return StageAnswer(
+                ok=False, error=f"{type(exc).__name__}: {exc}", rows_in=None, rows_out=None,
+                metrics={}, duration=None,
+            )  # fmt: skip
+        return StageAnswer(
+            ok=True, error=None, rows_in=done.rows_in, rows_out=done.rows_out,
+            metrics=done.metrics, duration=done.duration,
+        )  # fmt: skip
+
+    return await run_in_threadpool(go)
 
 
 @router.get(
