@@ -369,6 +369,23 @@ def test_a_failure_callback_cancels_the_run_its_dag_gave_up_on(http, rt):
     assert [e["actor"] for e in audit["entries"]] == ["airflow"]
 
 
+def test_stages_mode_sets_the_stages(http, rt):
+    run = trigger(http, "af-staged", mode="stages")
+    assert run["status"] == "running" and run["context"]["airflow"]["mode"] == "stages"
+    assert callback(http, run, "success").json()["execution"]["status"] == "running"  # no stage
+    assert callback(http, run, "running", task_id="extract").status_code == 200
+    resp = callback(http, run, "success", task_id="extract", rows_in=0, rows_out=1)
+    stages = {s["stage_id"]: s for s in resp.json()["execution"]["stages"]}
+    assert stages["extract"]["status"] == "completed" and stages["extract"]["rows_out"] == 1
+    assert stages["load"]["status"] == "pending"
+    done = callback(http, run, "success", task_id="load", rows_out=1).json()["execution"]
+    assert done["status"] == "completed" and done["stages_completed"] == 2
+    states = [(c["task_id"], c["state"]) for c in
+              http.get(f"/airflow/callbacks/{run['id']}").json()["callbacks"]]  # fmt: skip
+    assert states == [("run_it", "success"), ("extract", "running"), ("extract", "success"),
+                      ("load", "success")]  # fmt: skip
+
+
 def test_the_secret_never_comes_back(served, http):
     rt, _, answers, seen = served
     # `answers`: every response of this module's tests so far (this one's included)
