@@ -657,13 +657,14 @@ def test_with_a_token_every_mutating_endpoint_and_query_need_it(secured):
         (m.upper(), p, op) for p, item in app.openapi()["paths"].items() for m, op in item.items()
     ]
     # Exempt: validating and previewing change nothing; a webhook has its schedule's secret,
-    # Airflow's trigger and callback the Airflow secret.
+    # Airflow's trigger, callback and stage the Airflow secret.
     exempt = (
         "/api/v1/pipelines/validate",
         "/api/v1/schedules/preview",
         "/api/v1/hooks/{path}",
         "/api/v1/airflow/trigger",
         "/api/v1/airflow/callback",
+        "/api/v1/airflow/stage",
     )
     mutating = {(m, p) for m, p, _ in ops if m != "GET" and p not in exempt}
     secured_ops = {(m, p) for m, p, op in ops if op.get("security") == [{"HTTPBearer": []}]}

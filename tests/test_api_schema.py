@@ -215,6 +215,7 @@ def test_real_records_conform(runtime, base_url):
         ("DELETE", "/api/v1/alert-rules/{rule_id}", {"path_parameters": {"rule_id": "seeded-slow"}}, 204),
         ("POST", "/api/v1/airflow/trigger", {"headers": AIRFLOW, "body": {**lineage, "dag_run_id": "manual__2", "run_conf": {"n": 2}}, "media_type": "application/json"}, 202),
         ("POST", "/api/v1/airflow/callback", {"headers": AIRFLOW, "body": {"execution_id": airflow_run, "dag_id": "etl", "dag_run_id": "sched__1", "task_id": "run", "callback_type": "on_execute_callback", "start_date": "2026-11-29T09:00:00Z"}, "media_type": "application/json"}, 200),
+        ("POST", "/api/v1/airflow/stage", {"headers": AIRFLOW, "body": {"execution_id": airflow_run, "dag_id": "etl", "dag_run_id": "sched__1", "task_id": "nums", "stage_id": "nums"}, "media_type": "application/json"}, 409),
         ("GET", "/api/v1/airflow/callbacks/{execution_id}", {"path_parameters": {"execution_id": airflow_run}}, 200),
     ]  # fmt: skip
     covered = set()
