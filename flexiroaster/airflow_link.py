@@ -393,7 +393,7 @@ class AirflowLink:
                 rec = rt.external_stage(
                     rec.id, stage, body.state, try_number=body.try_number,
                     start_date=body.start_date, end_date=body.end_date, error=body.error,
-                    rows_in=body.rows_in, rows_out=body.rows_out, metrics=body.metrics,
+                    rows_in=body.rows_in, rows_out=body.rows_out, metrics=body.metrics, quiet=True,
                     logs=[(lv if lv in LOG_LEVELS else "INFO", msg) for lv, msg in body.logs or []],
                 )  # fmt: skip
             self._store(rec, body, stage)

@@ -72,8 +72,11 @@ class ExternalRuns:
         rows_out: int | None = None,
         metrics: dict[str, Any] | None = None,
         logs: list[tuple[str, str]] | None = None,
+        quiet: bool = False,
     ) -> ExecutionRecord:
-        """Apply a stage task's state to the run; end the run once every stage is final."""
+        """Apply a stage task's state to the run; end the run once every stage is final.
+        `quiet`: the caller logged the state itself (a callback does); only a completed
+        stage's summary (duration, rows) is logged then."""
         with self._lock:
             rec = self.store.get_execution(execution_id)
             if not rec.lineage or rec.lineage.get("mode") != "stages":
@@ -91,7 +94,8 @@ class ExternalRuns:
             if status == StageStatus.COMPLETED:
                 s.rows_in, s.rows_out, s.metrics = rows_in, rows_out, metrics or {}
             self.store.record_stage(s)
-            self._log_stage(execution_id, s, try_number)
+            if not quiet or status == StageStatus.COMPLETED:
+                self._log_stage(execution_id, s, try_number)
             rec.stages_completed = sum(
                 1 for x in stages.values() if x.status == StageStatus.COMPLETED
             )
