@@ -478,6 +478,36 @@ def cmd_schedules(args) -> int:
     return 0
 
 
+def cmd_secrets(args) -> int:
+    """secrets set|list|delete: variables and secrets of the running runtime."""
+    with _client() as client:
+        if args.action == "set":
+            if sys.stdin.isatty():  # a value never comes from argv (shell history, ps)
+                import getpass
+
+                value = getpass.getpass(f"value of {args.name}: ")
+            else:
+                value = sys.stdin.read().rstrip("\n")
+            v = client.set_variable(
+                args.name, value, secret=not args.plain, description=args.description
+            )
+            print(f"{'secret' if v['secret'] else 'variable'} {v['key']} set")
+        elif args.action == "delete":
+            client.delete_variable(args.name)
+            print(f"{args.name} deleted")
+        else:
+            found = client.variables()["variables"]
+            if not found:
+                print("no variables or secrets")
+            for v in found:
+                shown = "***" if v["secret"] else v["value"]
+                used = ", ".join(v["used_by"]) or "-"
+                print(
+                    f"{v['key']:28} {'secret' if v['secret'] else 'var':7} {shown:24} used by {used}"
+                )
+    return 0
+
+
 def cmd_schedule(args) -> int:
     """schedule add|pause|resume|run-now|delete|preview."""
     with _client() as client:
@@ -594,6 +624,16 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "preview":
             a.add_argument("-n", type=int, default=10, help="how many fire times")
     p.set_defaults(fn=cmd_schedule)
+    p = sub.add_parser("secrets", help="set, list or delete variables and secrets")
+    acts = p.add_subparsers(dest="action", required=True)
+    a = acts.add_parser("set", help="create or replace; the value is read from stdin or a prompt")
+    a.add_argument("name", help="e.g. API_TOKEN (capitals, digits, _)")
+    a.add_argument("--plain", action="store_true", help="a plain variable ({{ vars.NAME }})")
+    a.add_argument("--description", "-d")
+    acts.add_parser("list", help="names, kinds and the pipelines using them (never a secret)")
+    a = acts.add_parser("delete", help="delete (refused while a pipeline uses it)")
+    a.add_argument("name")
+    p.set_defaults(fn=cmd_secrets)
     return parser
 
 

@@ -174,6 +174,21 @@ class Client:
     def preview_schedule(self, schedule_id: str, n: int = 10) -> dict:
         return self._call("GET", f"/schedules/{schedule_id}/preview", params={"n": n})
 
+    def variables(self) -> dict:
+        return self._call("GET", "/variables")
+
+    def variable(self, key: str) -> dict:
+        return self._call("GET", f"/variables/{key}")
+
+    def set_variable(
+        self, key: str, value: str, *, secret: bool = True, description: str | None = None
+    ) -> dict:
+        body = {"value": value, "secret": secret, "description": description}
+        return self._call("PUT", f"/variables/{key}", json=body)
+
+    def delete_variable(self, key: str) -> None:
+        self._call("DELETE", f"/variables/{key}")
+
     def call_webhook(self, path: str, secret: str, params: dict | None = None) -> dict:
         return self._call(
             "POST", f"/hooks/{path}", json=params or {}, headers={"X-Webhook-Secret": secret}

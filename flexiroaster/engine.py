@@ -19,6 +19,7 @@ from typing import Any
 from .dag import downstream
 from .errors import Conflict, FlexiError, StageTimeout
 from .records import ExecutionRecord, StageRecord, now
+from .secrets import Masker, Variables, references
 from .settings import Settings
 from .spec import Pipeline, check_placeholders, load_pipeline_text, pipeline_to_yaml
 from .stages import REGISTRY, StageContext, StageResult
@@ -56,6 +57,7 @@ class _Run:
     reused: dict[str, str] = field(default_factory=dict)  # stage id -> spilled parquet to read
     done: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str = "cancelled"
+    mask: Masker = field(default_factory=Masker)  # this run's secret values -> ***
 
 
 def run_scope(
@@ -87,6 +89,7 @@ class Engine:
     def __init__(self, store: Store, settings: Settings):
         self.store = store
         self.settings = settings
+        self.variables = Variables(store, settings)
         self.pool = ThreadPoolExecutor(settings.max_workers, thread_name_prefix="stage")
         self._active: dict[str, _Run] = {}  # every run not yet finished: queued or running
         self._running: dict[str, _Run] = {}  # runs started with submit() and still going
@@ -191,7 +194,11 @@ class Engine:
         lineage: dict[str, Any] | None = None,
     ) -> tuple[_Run, Future[None]]:
         params = dict(params or {})
-        check_placeholders(pipeline, f"pipeline {pipeline.name}", None, params)
+        refs = references([s.config.model_dump() for s in pipeline.stages])
+        stored = self.variables.resolve(refs)
+        check_placeholders(
+            pipeline, f"pipeline {pipeline.name}", None, params, {k: set(v) for k, v in stored.items()}
+        )
         run_id = run_id or new_run_id()
         created = now()
         record = ExecutionRecord(
@@ -211,7 +218,9 @@ class Engine:
         )
         stages = {s.id: StageRecord(run_id, s.id, s.type, i) for i, s in enumerate(pipeline.stages)}
         scope = run_scope(pipeline, params, run_id, scheduled_for or created, self.settings)
+        scope.update(stored)  # secrets and vars live only in the scope, never in params
         run = _Run(pipeline, record, stages, scope, f'scratch."r_{run_id}"', listener)
+        run.mask = Masker(list(stored["secrets"].values()))
         if retry_of is not None:
             self._plan_reuse(run, retry_of)
         return run, self.store.insert_execution_async(record, list(stages.values()))
@@ -402,7 +411,7 @@ class Engine:
             result: StageResult = fut.result()
             run.outputs[stage.id] = result.relation
             srec.rows_out = result.rows_out
-            srec.metrics = result.metrics
+            srec.metrics = run.mask(result.metrics)
             srec.error = srec.error_type = srec.traceback = None
             self._finish_stage(run, srec, StageStatus.COMPLETED)
             attempt.ctx.close()
@@ -417,9 +426,9 @@ class Engine:
         self, run: _Run, stage: Any, srec: StageRecord, exc: BaseException, delayed: dict
     ) -> None:
         srec.error_type = type(exc).__name__
-        srec.error = str(exc)
+        srec.error = run.mask(str(exc))
         srec.traceback = (
-            None if isinstance(exc, FlexiError) else "".join(traceback.format_exception(exc))
+            None if isinstance(exc, FlexiError) else run.mask("".join(traceback.format_exception(exc)))
         )
         if srec.attempts <= stage.retries:
             delay = stage.retry_delay * 2 ** (srec.attempts - 1)
@@ -478,7 +487,7 @@ class Engine:
         if srec.started_at:
             srec.duration = (srec.completed_at - srec.started_at).total_seconds()
         if status != StageStatus.COMPLETED:
-            srec.error = error
+            srec.error = error = run.mask(error)
         else:
             run.record.stages_completed += 1
         self.store.record_stage(srec)
@@ -526,6 +535,7 @@ class Engine:
             except Exception:
                 log.exception("could not drop scratch schema of run %s", rec.id)
         rec.completed_at = now()
+        rec.error = run.mask(rec.error)
         self._log(
             run,
             None,
@@ -625,7 +635,7 @@ class Engine:
                 log.exception("run listener failed")
 
     def _log(self, run: _Run, stage_id: str | None, level: str, message: str) -> None:
-        self.store.log(run.record.id, stage_id, level, message)
+        self.store.log(run.record.id, stage_id, level, run.mask(message))
 
 
 _BLOCKING = frozenset({StageStatus.FAILED, StageStatus.SKIPPED, StageStatus.CANCELLED})

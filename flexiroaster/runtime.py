@@ -37,6 +37,7 @@ class Runtime:
         self.settings = settings
         self.store = Store(settings.store_file, flush_interval=settings.log_flush_interval)
         self.engine = Engine(self.store, settings)
+        self.variables = self.engine.variables  # variables and secrets (encrypted at rest)
         # Schedules are loaded here; they fire once start() is called (the serving runtime).
         self.scheduler = Scheduler(self, clock)
         # Alert rules judge finished runs and missed schedules once start() is called.

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         description="Shared secret of the Airflow endpoints (X-Airflow-Secret, or the key of an"
         " X-Airflow-Signature HMAC); without it they refuse every call",
     )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Fernet key that encrypts stored secrets; default: a key file"
+        " DATA_DIR/secret.key created (mode 0600) on first start",
+    )
     warehouse_dir: Path | None = Field(
         None,
         description="Where Airflow-run stages exchange Parquet files; default DATA_DIR/warehouse",

@@ -669,8 +669,12 @@ def check_placeholders(
     source: str = "<pipeline>",
     marks: Marks | None = None,
     params: dict | None = None,
+    stored: dict[str, set[str]] | None = None,
 ) -> None:
-    """Every `{{ name }}` in stage configs must have a value; list each one that does not."""
+    """Every `{{ name }}` in stage configs must have a value; list each one that does not.
+
+    `secrets.NAME` / `vars.NAME` are checked against `stored` (kind -> names) when it is given,
+    which the engine does as a run is prepared; a pipeline file alone cannot know them."""
     from .template import BUILTINS, FILTERS, placeholders
 
     known = set(pipeline.variables) | set(BUILTINS) | set(params or {})
@@ -685,6 +689,15 @@ def check_placeholders(
                 problems.append(
                     f"{loc_text(loc)}: unknown filter `| {filt}` (known: ident) ({where})"
                 )
+            head, _, rest = name.partition(".")
+            if head in ("secrets", "vars") and rest:
+                if stored is not None and rest not in stored.get(head, ()):
+                    problems.append(
+                        f"{loc_text(loc)}: unknown {head} entry {{{{ {name} }}}}; store it with"
+                        f" `flexiroaster secrets set {rest}{' --plain' if head == 'vars' else ''}`"
+                        f" ({where})"
+                    )
+                continue
             if name not in known:
                 problems.append(
                     f"{loc_text(loc)}: undefined variable {{{{ {name} }}}}; define it under `variables`"

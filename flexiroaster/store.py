@@ -157,6 +157,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX airflow_callbacks_execution ON flexiroaster.airflow_callbacks (execution_id);
     """,
+    # 7: variables and secrets (a secret's value is Fernet ciphertext)
+    """
+    CREATE TABLE flexiroaster.variables (
+        key VARCHAR PRIMARY KEY, value VARCHAR, secret BOOLEAN NOT NULL, description VARCHAR,
+        created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL
+    );
+    """,
 ]
 
 # Columns stored as JSON text, decoded by rows() and encoded by put_rows().

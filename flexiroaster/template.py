@@ -30,6 +30,12 @@ def placeholders(value: Any, path: tuple = ()) -> Iterator[tuple[str, str | None
 
 
 def _lookup(name: str, scope: dict[str, Any]) -> Any:
+    head, _, rest = name.partition(".")
+    # `secrets.NAME` / `vars.NAME`: a mapping in the scope, filled when the run is prepared.
+    if name not in scope and rest and isinstance(scope.get(head), dict):
+        if rest in scope[head]:
+            return scope[head][rest]
+        raise TemplateError(f"undefined variable {{{{ {name} }}}}: no stored {head} entry {rest}")
     if name not in scope:
         names = sorted(scope)
         known = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")

@@ -22,6 +22,7 @@ from . import (
     pipelines,
     query,
     schedules,
+    secrets,
     system,
 )
 
@@ -60,7 +61,7 @@ def create_app(
     if runtime is not None:
         app.state.runtime = runtime
     errors.install(app)
-    modules = (system, pipelines, executions, schedules, metrics, query, data, insights, alerts)
+    modules = (system, pipelines, executions, schedules, metrics, query, data, insights, alerts, secrets)
     for module in modules:
         app.include_router(module.router, prefix=PREFIX)
     app.include_router(schedules.hooks, prefix=PREFIX)
