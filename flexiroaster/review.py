@@ -112,6 +112,7 @@ class Review:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last: dict[str, Any] | None = None  # figures of the latest recomputation
+        self._rows: dict[str, dict[str, Any]] | None = None  # policy rows (see _policy_rows)
         rt.engine.on_finish.append(lambda _rec: self._dirty.set())
 
     # --- background recomputation -----------------------------------------------------------
@@ -144,13 +145,20 @@ class Review:
 
     # --- policy -----------------------------------------------------------------------------
 
+    def _policy_rows(self) -> dict[str, dict[str, Any]]:
+        """The stored policy rows by scope, kept in memory: this is their only writer, and
+        every trigger asks the risk gate (a store read there would wait for the flusher)."""
+        if self._rows is None:
+            self._rows = {r["scope"]: r for r in self.store.rows("policies", order="scope")}
+        return self._rows
+
     def policy(self, pipeline_id: str | None = None) -> Policy:
-        rows = {r["scope"]: r for r in self.store.rows("policies")}
+        rows = self._policy_rows()
         pol = Policy().merged(rows.get("*"))
         return pol.merged(rows.get(pipeline_id)) if pipeline_id else pol
 
     def policies(self) -> dict[str, Any]:
-        rows = {r["scope"]: r for r in self.store.rows("policies", order="scope")}
+        rows = dict(sorted(self._policy_rows().items()))
         overrides = {
             scope: {k: r[k] for k in _POLICY_FIELDS if r[k] is not None}
             for scope, r in rows.items()
@@ -181,6 +189,7 @@ class Review:
             self.store.put_rows(
                 "policies", [{"scope": scope, **given, "updated_at": now(), "updated_by": by}]
             )
+            self._rows = None
             self._audit_policy(scope, by, before)
         self._regate()
         return self.policies()
@@ -191,6 +200,7 @@ class Review:
             if pipeline_id not in before["pipelines"]:
                 raise NotFound(f"pipeline {pipeline_id!r} has no policy of its own")
             self.store.delete_rows("policies", "scope = ?", [pipeline_id])
+            self._rows = None
             self._audit_policy(pipeline_id, by, before)
         self._regate()
         return self.policies()
