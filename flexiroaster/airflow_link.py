@@ -367,21 +367,29 @@ class AirflowLink:
         rows = self.rt.store.rows("airflow_callbacks", where, args, order="received_at, id")
         return [Callback.from_row(r) for r in rows]
 
+    @staticmethod
+    def check_lineage(
+        rec: ExecutionRecord, dag_id: str, dag_run_id: str, what: str
+    ) -> dict[str, Any]:
+        """The run's lineage, when `dag_id`/`dag_run_id` started it; else a Conflict."""
+        lineage = rec.lineage
+        if not lineage:
+            raise Conflict(
+                f"run {rec.id} was not started by Airflow (it has no DAG lineage); {what}s"
+                " belong to runs started through POST /api/v1/airflow/trigger"
+            )
+        if (dag_id, dag_run_id) != (lineage.get("dag_id"), lineage.get("dag_run_id")):
+            raise Conflict(
+                f"{what} for DAG run {dag_id}/{dag_run_id}, but the run was started"
+                f" by {lineage.get('dag_id')}/{lineage.get('dag_run_id')}"
+            )
+        return lineage
+
     def callback(self, body: CallbackIn) -> tuple[ExecutionRecord, bool]:
         """Record a task state of a run's DAG run; returns the run and whether it was a repeat."""
         rt = self.rt
         rec = rt.store.get_execution(body.execution_id)
-        lineage = rec.lineage
-        if not lineage:
-            raise Conflict(
-                f"run {rec.id} was not started by Airflow (it has no DAG lineage); callbacks"
-                " belong to runs started through POST /api/v1/airflow/trigger"
-            )
-        if (body.dag_id, body.dag_run_id) != (lineage.get("dag_id"), lineage.get("dag_run_id")):
-            raise Conflict(
-                f"callback for DAG run {body.dag_id}/{body.dag_run_id}, but the run was started"
-                f" by {lineage.get('dag_id')}/{lineage.get('dag_run_id')}"
-            )
+        lineage = self.check_lineage(rec, body.dag_id, body.dag_run_id, "callback")
         with self._lock:
             prior = self._stored(rec.id, body.task_id)
             if any(c.try_number == body.try_number and c.state == body.state for c in prior):

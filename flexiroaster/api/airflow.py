@@ -9,14 +9,14 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from ..airflow_link import Callback, CallbackIn, TriggerIn, parse
-from ..errors import Conflict, StageError
+from ..airflow_link import Callback, CallbackIn, M, TriggerIn, parse
+from ..errors import StageError
 from ..external import StageFailed
 from ..runtime import Runtime
 from .deps import runtime
 from .errors import documented
 from .executions import _fresh
-from .models import ErrorOut, ExecutionOut
+from .models import ErrorOut, ExecutionOut, _Out
 
 router = APIRouter(prefix="/airflow", tags=["airflow"])
 
@@ -29,10 +29,6 @@ SIGNATURE = Header(
     description='t=<unix seconds>,v1=<hex HMAC-SHA256 keyed with the secret, of f"{t}." + body>;'
     " good for 300 s, once",
 )
-
-
-class _Out(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class CallbackOut(_Out):
@@ -85,6 +81,16 @@ def _body(model: type[BaseModel]) -> dict:
     }
 
 
+async def _authenticated(
+    model: type[M], request: Request, rt: Runtime, secret: str | None, signature: str | None
+) -> M:
+    """The request's body as `model`, once its secret or signature checks out (the signature
+    covers the raw bytes, so the body is read here rather than by FastAPI)."""
+    raw = await request.body()
+    rt.airflow.authenticate(secret, signature, raw)
+    return parse(model, raw)
+
+
 @router.post(
     "/trigger",
     status_code=202,
@@ -105,9 +111,7 @@ async def trigger(
 
     Authenticated by the Airflow secret (X-Airflow-Secret or X-Airflow-Signature), not by the
     API's bearer token. `mode: stages` records a run whose stages Airflow tasks execute."""
-    raw = await request.body()
-    rt.airflow.authenticate(x_airflow_secret, x_airflow_signature, raw)
-    body = parse(TriggerIn, raw)
+    body = await _authenticated(TriggerIn, request, rt, x_airflow_secret, x_airflow_signature)
     rec, started = await run_in_threadpool(rt.airflow.trigger, body)
     if not started:
         response.status_code = 200
@@ -134,9 +138,7 @@ async def callback(
 
     Authenticated by the Airflow secret (X-Airflow-Secret or X-Airflow-Signature), not by the
     API's bearer token."""
-    raw = await request.body()
-    rt.airflow.authenticate(x_airflow_secret, x_airflow_signature, raw)
-    body = parse(CallbackIn, raw)
+    body = await _authenticated(CallbackIn, request, rt, x_airflow_secret, x_airflow_signature)
 
     def record() -> ExecutionOut:
         rec, duplicate = rt.airflow.callback(body)
@@ -184,16 +186,10 @@ async def run_stage(
     stage is recorded running; the Airflow task reports success, retry or failure after.
 
     Authenticated by the Airflow secret, not by the API's bearer token."""
-    raw = await request.body()
-    rt.airflow.authenticate(x_airflow_secret, x_airflow_signature, raw)
-    body = parse(StageIn, raw)
-    rec = rt.store.get_execution(body.execution_id)
-    lineage = rec.lineage or {}
-    if (body.dag_id, body.dag_run_id) != (lineage.get("dag_id"), lineage.get("dag_run_id")):
-        raise Conflict(
-            f"stage request from DAG run {body.dag_id}/{body.dag_run_id}, but the run was started"
-            f" by {lineage.get('dag_id')}/{lineage.get('dag_run_id')}"
-        )
+    body = await _authenticated(StageIn, request, rt, x_airflow_secret, x_airflow_signature)
+    rt.airflow.check_lineage(
+        rt.store.get_execution(body.execution_id), body.dag_id, body.dag_run_id, "stage request"
+    )
 
     def go() -> StageAnswer:
         try:

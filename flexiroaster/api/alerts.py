@@ -14,12 +14,9 @@ from ..runtime import Runtime
 from ..webhooks import Delivery, Notification
 from .deps import MAX_OFFSET, require_token, runtime
 from .errors import documented
+from .models import _Out
 
 router = APIRouter(tags=["alerts"])
-
-
-class _Out(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class AlertOut(_Out):
