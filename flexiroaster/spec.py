@@ -21,6 +21,7 @@ Scalar = str | int | float | bool | None
 STAGE_ID = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 _NAME = r"(\{\{[^{}]+\}\}|[A-Za-z_][A-Za-z0-9_]*)"  # a name, or a placeholder filled at run time
 IDENT = rf"^{_NAME}(\.{_NAME})?$"
+CONNECTION_NAME = r"^[a-z][a-z0-9_\-]{0,62}$"  # a stored connection (connections.py)
 
 
 class StageType(StrEnum):
@@ -41,6 +42,27 @@ class _Model(BaseModel):
 # --- input ---------------------------------------------------------------------------------
 
 
+class Pagination(_Model):
+    """How an http input asks for the next page: by a cursor the last response gave, or by
+    page number. It stops at an empty page, a missing cursor or `max_pages`."""
+
+    type: Literal["cursor", "page"]
+    param: str = Field(description="Query parameter carrying the cursor or the page number")
+    cursor_path: str | None = Field(
+        None, description="cursor: dotted path of the next cursor in a response (e.g. meta.next)"
+    )
+    start: int = Field(1, description="page: the first page's number")
+    size_param: str | None = Field(None, description="page: query parameter for the page size")
+    size: int | None = Field(None, gt=0, description="page: records per page")
+    max_pages: int = Field(10_000, gt=0, description="Stop after this many pages (a guard)")
+
+    @model_validator(mode="after")
+    def _cursor(self) -> Pagination:
+        if self.type == "cursor" and not self.cursor_path:
+            raise ValueError("cursor pagination needs `cursor_path` (where the next cursor is)")
+        return self
+
+
 class InputConfig(_Model):
     source: str | None = Field(
         None, description="File path or glob (relative to the pipeline file)"
@@ -53,14 +75,40 @@ class InputConfig(_Model):
     )
     data: list[dict[str, Any]] | None = Field(None, description="Inline rows")
     table: str | None = Field(None, description="An existing table to read", pattern=IDENT)
+    connection: str | None = Field(
+        None,
+        pattern=CONNECTION_NAME,
+        description="A stored connection to read from: postgres with `query`, http with `endpoint`",
+    )
+    query: str | None = Field(None, description="postgres: the SELECT whose result is read")
+    endpoint: str | None = Field(
+        None, description="http: path under the connection's base_url (or a full URL on it)"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="http: query parameters")
+    records: str | None = Field(
+        None, description="http: dotted path to the list of records in each response (e.g. data.items)"
+    )
+    pagination: Pagination | None = Field(None, description="http: how to get the next page")
 
     @model_validator(mode="after")
     def _one_source(self) -> InputConfig:
-        given = [k for k in ("source", "data", "table") if getattr(self, k) is not None]
+        sources = ("source", "data", "table", "connection")
+        given = [k for k in sources if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one of `source` (file path), `data` (inline rows) or `table`"
-                + (f"; got {', '.join(given)}" if given else "")
+                "give exactly one of `source` (file path), `data` (inline rows), `table` or"
+                " `connection`" + (f"; got {', '.join(given)}" if given else "")
+            )
+        remote = [k for k in ("query", "endpoint") if getattr(self, k) is not None]
+        if self.connection is not None and len(remote) != 1:
+            raise ValueError(
+                "a `connection` input needs exactly one of `query` (postgres) or `endpoint` (http)"
+                + (f"; got {', '.join(remote)}" if remote else "")
+            )
+        if self.connection is None and (remote or self.pagination or self.records or self.params):
+            raise ValueError(
+                "`query`, `endpoint`, `params`, `records` and `pagination` are for a `connection`"
+                " input"
             )
         return self
 
@@ -315,8 +363,10 @@ class ValidationConfig(_Model):
 
 
 class OutputConfig(_Model):
-    destination: Literal["table", "warehouse", "database", "file"] = Field(
-        "table", description="`table` (DuckDB; `warehouse`/`database` are synonyms) or `file`"
+    destination: Literal["table", "warehouse", "database", "file", "connection"] = Field(
+        "table",
+        description="`table` (DuckDB; `warehouse`/`database` are synonyms), `file`, or"
+        " `connection` (a stored postgres or http connection)",
     )
     table: str | None = Field(
         None, pattern=IDENT, description="Target table, optionally schema.table"
@@ -325,6 +375,13 @@ class OutputConfig(_Model):
     keys: list[str] = Field(default_factory=list, description="Merge keys (mode: merge)")
     path: str | None = Field(None, description="File to write (destination: file)")
     format: Literal["auto", "parquet", "csv", "json", "html"] = "auto"
+    connection: str | None = Field(
+        None,
+        pattern=CONNECTION_NAME,
+        description="A stored connection to write to: postgres `table`, or http `endpoint`",
+    )
+    endpoint: str | None = Field(None, description="http: path the rows are POSTed to")
+    batch_size: int = Field(500, gt=0, le=100_000, description="http: rows per POST")
 
     @model_validator(mode="before")
     @classmethod
@@ -337,10 +394,25 @@ class OutputConfig(_Model):
                 v["mode"] = "replace"
             if "path" in v and "destination" not in v:
                 v["destination"] = "file"
+            if "connection" in v and "destination" not in v:
+                v["destination"] = "connection"
         return v
 
     @model_validator(mode="after")
     def _target(self) -> OutputConfig:
+        if self.destination == "connection" or self.connection is not None:
+            if self.destination != "connection" or self.connection is None:
+                raise ValueError("`connection` goes with `destination: connection`")
+            if (self.table is None) == (self.endpoint is None):
+                raise ValueError(
+                    "a `connection` output needs exactly one of `table` (postgres) or"
+                    " `endpoint` (http)"
+                )
+            if self.mode == "merge" and not self.keys:
+                raise ValueError("merge mode needs `keys`")
+            return self
+        if self.endpoint is not None:
+            raise ValueError("`endpoint` is for a `connection` output")
         if self.destination == "file":
             if not self.path:
                 raise ValueError("a file output needs `path`")
@@ -372,6 +444,11 @@ class ShellConfig(_Model):
 
 class NotifyConfig(_Model):
     channel: Literal["webhook", "email"] = "webhook"
+    connection: str | None = Field(
+        None,
+        pattern=CONNECTION_NAME,
+        description="A stored smtp or webhook connection (its type sets the channel)",
+    )
     url: str | None = Field(None, description="webhook: where to POST (Slack-compatible JSON)")
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
@@ -382,6 +459,10 @@ class NotifyConfig(_Model):
 
     @model_validator(mode="after")
     def _target(self) -> NotifyConfig:
+        if self.connection is not None:
+            if self.url is not None:
+                raise ValueError("give `connection` or `url`, not both")
+            return self  # the connection's type decides; an smtp one needs `to` (checked at run)
         if self.channel == "webhook" and not self.url:
             raise ValueError("a webhook notification needs `url`")
         if self.channel == "email" and not self.to:

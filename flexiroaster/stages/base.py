@@ -16,6 +16,7 @@ from ..errors import Cancelled, StageError
 from ..template import quote_ident
 
 if TYPE_CHECKING:
+    from ..connections import Connection
     from ..spec import Pipeline
     from ..store import Store
 
@@ -43,6 +44,8 @@ class StageContext:
     scope: dict[str, Any] = field(default_factory=dict)
     rows_in: int | None = None  # rows of the stage's inputs, where known
     created_rows: int | None = None  # rows of the last table create_relation made
+    # name -> the run's resolved connection (secrets decrypted); set by the engine
+    connections: dict[str, Connection] = field(default_factory=dict, repr=False)
     _killers: list[Callable[[], None]] = field(default_factory=list)
     _cursor: duckdb.DuckDBPyConnection | None = None
     _killed: threading.Event = field(default_factory=threading.Event)
@@ -81,6 +84,14 @@ class StageContext:
             raise Cancelled("the run was cancelled")
 
     # --- helpers for stage modules ----------------------------------------------------------
+
+    def connection(self, name: str) -> Connection:
+        """A stored connection this run resolved before it started (unknown ones stop the run
+        at validation)."""
+        try:
+            return self.connections[name]
+        except KeyError:
+            raise StageError(f"connection {name!r} was not resolved for this run") from None
 
     def log(self, message: str, level: str = "INFO") -> None:
         self.logger(level, message)

@@ -38,6 +38,10 @@ def _literal(value: object) -> str:
 
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.config
+    if cfg.connection is not None:
+        from ..connectors import read
+
+        return read(ctx)
     if cfg.data is not None:
         import polars as pl
 

@@ -24,7 +24,12 @@ FILE_FORMATS = {
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.config
     source = ctx.single_input()
-    if cfg.destination == "file":
+    if cfg.destination == "connection":
+        from ..connectors import write
+
+        done = write(ctx, source)
+        rows, metrics = done.rows_out, done.metrics
+    elif cfg.destination == "file":
         rows, metrics = _write_file(ctx, source)
     else:
         rows, metrics = _write_table(ctx, source)
