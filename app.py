@@ -16,6 +16,7 @@ PAGES = [
     st.Page("views/insights.py", title="Insights", icon="💡", url_path="insights"),
     st.Page("views/alerts.py", title="Alerts", icon="🚨", url_path="alerts"),
     st.Page("views/logs.py", title="Logs", icon="📜", url_path="logs"),
+    st.Page("views/secrets.py", title="Secrets", icon="🔑", url_path="secrets"),
     st.Page("views/settings.py", title="Settings", icon="⚙️", url_path="settings"),
 ]
 
