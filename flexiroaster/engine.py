@@ -16,8 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .connections import Connection, Connections, check_uses, mask_values, referenced
 from .dag import downstream
-from .errors import Conflict, FlexiError, StageTimeout
+from .errors import Conflict, FlexiError, SpecError, StageTimeout
 from .records import ExecutionRecord, StageRecord, now
 from .secrets import Masker, Variables, references
 from .settings import Settings
@@ -58,6 +59,8 @@ class _Run:
     done: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str = "cancelled"
     mask: Masker = field(default_factory=Masker)  # this run's secret values -> ***
+    # name -> the stored connections its stages use, secrets decrypted (resolved when prepared)
+    connections: dict[str, Connection] = field(default_factory=dict, repr=False)
 
 
 def run_scope(
@@ -90,6 +93,7 @@ class Engine:
         self.store = store
         self.settings = settings
         self.variables = Variables(store, settings)
+        self.connections = Connections(store, settings, self.variables.box)
         self.pool = ThreadPoolExecutor(settings.max_workers, thread_name_prefix="stage")
         self._active: dict[str, _Run] = {}  # every run not yet finished: queued or running
         self._running: dict[str, _Run] = {}  # runs started with submit() and still going
@@ -199,6 +203,7 @@ class Engine:
         check_placeholders(
             pipeline, f"pipeline {pipeline.name}", None, params, {k: set(v) for k, v in stored.items()}
         )
+        conns = self.resolve_connections(pipeline)
         run_id = run_id or new_run_id()
         created = now()
         record = ExecutionRecord(
@@ -220,10 +225,27 @@ class Engine:
         scope = run_scope(pipeline, params, run_id, scheduled_for or created, self.settings)
         scope.update(stored)  # secrets and vars live only in the scope, never in params
         run = _Run(pipeline, record, stages, scope, f'scratch."r_{run_id}"', listener)
-        run.mask = Masker(list(stored["secrets"].values()))
+        run.connections = conns
+        run.mask = Masker(
+            list(stored["secrets"].values()) + [v for c in conns.values() for v in mask_values(c.secrets)]
+        )
         if retry_of is not None:
             self._plan_reuse(run, retry_of)
         return run, self.store.insert_execution_async(record, list(stages.values()))
+
+    def resolve_connections(self, pipeline: Pipeline) -> dict[str, Connection]:
+        """The stored connections the pipeline's stages use, opened; a SpecError before the run
+        names each unknown one and each of a type its stage cannot use."""
+        names = set(referenced(pipeline))
+        if not names:
+            return {}
+        found = self.connections.resolve(names)
+        problems = check_uses(pipeline.stages, found)
+        if problems:
+            raise SpecError(
+                f"pipeline {pipeline.name}: {len(problems)} connection problem(s)", details=problems
+            )
+        return found
 
     def retry(self, execution_id: str, **kw: Any) -> ExecutionRecord:
         """Re-run a failed or cancelled run from where it stopped, reusing completed stages."""
@@ -393,6 +415,7 @@ class Engine:
             cancel=run.cancel,
             scope=run.scope,
             rows_in=srec.rows_in,
+            connections=_connections_of(stage, run.connections),
         )
         timeout = stage.timeout or self.settings.default_timeout
         started = time.monotonic()
@@ -648,6 +671,12 @@ def _run_stage(ctx: StageContext, sql_params: SqlParams) -> StageResult:
     ctx.config = type(stage.config).model_validate(render_config(raw, ctx.scope, sql_params))
     ctx.check_cancelled()
     return REGISTRY[stage.type](ctx)
+
+
+def _connections_of(stage: Any, resolved: dict[str, Connection]) -> dict[str, Connection]:
+    """The one connection a stage names (a stage sees no other connection's secrets)."""
+    name = getattr(stage.config, "connection", None)
+    return {name: resolved[name]} if name in resolved else {}
 
 
 def _sum(values: Any) -> int | None:

@@ -38,6 +38,7 @@ class Runtime:
         self.store = Store(settings.store_file, flush_interval=settings.log_flush_interval)
         self.engine = Engine(self.store, settings)
         self.variables = self.engine.variables  # variables and secrets (encrypted at rest)
+        self.connections = self.engine.connections  # postgres/http/smtp/webhook, secrets encrypted
         # Schedules are loaded here; they fire once start() is called (the serving runtime).
         self.scheduler = Scheduler(self, clock)
         # Alert rules judge finished runs and missed schedules once start() is called.

@@ -86,13 +86,13 @@ class Masker:
         return value
 
 
-class Variables:
-    """The variables table: plain values as is, secrets as Fernet ciphertext."""
+class SecretBox:
+    """The Fernet key that encrypts what the store keeps secret (variables and connections):
+    FLEXIROASTER_SECRET_KEY, else DATA_DIR/secret.key (made 0600 on first use)."""
 
-    def __init__(self, store: Store, settings: Settings):
+    def __init__(self, settings: Settings):
         from cryptography.fernet import Fernet
 
-        self.store = store
         if settings.secret_key is not None:
             raw, self.key_source = (
                 settings.secret_key.get_secret_value().encode(),
@@ -108,6 +108,31 @@ class Variables:
                 f"the secret key from {self.key_source} is not a Fernet key ({exc}); make one with"
                 " `python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`"
             ) from None
+
+    def encrypt(self, text: str) -> str:
+        return self._fernet.encrypt(text.encode()).decode()
+
+    def decrypt(self, token: str, what: str) -> str:
+        """The plain text; SecretKeyError naming `what` when the key is not the one it was
+        stored with."""
+        from cryptography.fernet import InvalidToken
+
+        try:
+            return self._fernet.decrypt(token.encode()).decode()
+        except InvalidToken:
+            raise SecretKeyError(
+                f"cannot decrypt {what}: the key from {self.key_source} does not match the"
+                " one it was stored with (stored secrets are left as they are; restore that key)"
+            ) from None
+
+
+class Variables:
+    """The variables table: plain values as is, secrets as Fernet ciphertext."""
+
+    def __init__(self, store: Store, settings: Settings, box: SecretBox | None = None):
+        self.store = store
+        self.box = box or SecretBox(settings)
+        self.key_source = self.box.key_source
 
     def _out(self, row: dict[str, Any]) -> Variable:
         return Variable(
@@ -131,7 +156,7 @@ class Variables:
         check_key(key)
         old = self.store.rows("variables", "key = ?", [key])
         stamp = now()
-        stored = self._fernet.encrypt(value.encode()).decode() if secret else value
+        stored = self.box.encrypt(value) if secret else value
         row = {
             "key": key, "value": stored, "secret": secret, "description": description,
             "created_at": old[0]["created_at"] if old else stamp, "updated_at": stamp,
@@ -177,15 +202,7 @@ class Variables:
         return out
 
     def _decrypt(self, key: str, token: str) -> str:
-        from cryptography.fernet import InvalidToken
-
-        try:
-            return self._fernet.decrypt(token.encode()).decode()
-        except InvalidToken:
-            raise SecretKeyError(
-                f"cannot decrypt secret {key}: the key from {self.key_source} does not match the"
-                " one it was stored with (stored secrets are left as they are; restore that key)"
-            ) from None
+        return self.box.decrypt(token, f"secret {key}")
 
 
 def references(config: Any) -> dict[str, set[str]]:

@@ -20,8 +20,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .connections import mask_values
 from .engine import _run_stage, run_scope
 from .errors import StageError, StageTimeout
+from .secrets import Masker
 from .settings import Settings
 from .spec import Pipeline
 from .stages import StageContext
@@ -44,6 +46,8 @@ def needs_store(stage: Any) -> bool:
     """Whether the stage reads or writes tables of the runtime's store (then only the runtime,
     which owns the store file, may run it)."""
     cfg = stage.config
+    if getattr(cfg, "connection", None):
+        return True  # a stored connection's secrets are decrypted in the runtime alone
     if stage.type == "input":
         return cfg.table is not None
     if stage.type == "output":
@@ -51,6 +55,20 @@ def needs_store(stage: Any) -> bool:
     if stage.type == "validation":
         return cfg.on_failure == "quarantine"
     return False
+
+
+def _connections(store: Store, settings: Settings, pipeline: Pipeline, stage: Any) -> dict:
+    """The stored connection the stage names, opened (checked as the engine checks a run)."""
+    from .connections import Connections, check_uses
+
+    name = getattr(stage.config, "connection", None)
+    if not name:
+        return {}
+    found = Connections(store, settings).resolve({name})
+    problems = check_uses([stage], found)
+    if problems:
+        raise StageError(problems[0])
+    return found
 
 
 def stage_file(warehouse: Path, run_id: str, stage_id: str) -> Path:
@@ -82,8 +100,11 @@ def run_one_stage(
     if stage is None:
         raise StageError(f"pipeline {pipeline.name} has no stage {stage_id!r}")
     logs: list[tuple[str, str]] = []
+    conns = _connections(store, settings, pipeline, stage)
+    mask = Masker([v for c in conns.values() for v in mask_values(c.secrets)])
 
     def logger(level: str, message: str) -> None:
+        message = mask(message)
         logs.append((level, message))
         if log is not None:
             log(level, message)
@@ -109,7 +130,7 @@ def run_one_stage(
             sql_params=sql_params.values, inputs=inputs, store=store, schema=schema,
             data_dir=Path(settings.data_dir), logger=logger, cancel=threading.Event(),
             scope=run_scope(pipeline, params, run_id, stands_for, settings),
-            rows_in=rows_in if inputs else None,
+            rows_in=rows_in if inputs else None, connections=conns,
         )  # fmt: skip
         timeout = stage.timeout or settings.default_timeout
         started = time.monotonic()
@@ -120,6 +141,11 @@ def run_one_stage(
         except FutureTimeout:
             ctx.kill()  # a python stage cannot be killed: its thread is abandoned, as in the engine
             raise StageTimeout(f"stage timed out after {timeout:g} s") from None
+        except Exception as exc:
+            if not mask.values:
+                raise
+            text = exc.message if isinstance(exc, StageError) else f"{type(exc).__name__}: {exc}"
+            raise StageError(mask(text)) from None  # a connection's secret never leaves masked
         finally:
             pool.shutdown(wait=False)
             ctx.close()
@@ -134,7 +160,7 @@ def run_one_stage(
             os.replace(tmp, final)
             output = str(final)
         return StageOutcome(
-            rows_in=ctx.rows_in, rows_out=result.rows_out, metrics=result.metrics,
+            rows_in=ctx.rows_in, rows_out=result.rows_out, metrics=mask(result.metrics),
             duration=time.monotonic() - started, output=output, logs=logs,
         )  # fmt: skip
     finally:

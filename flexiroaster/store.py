@@ -164,10 +164,19 @@ MIGRATIONS: list[str] = [
         created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL
     );
     """,
+    # 8: connections (config plain JSON; secrets Fernet ciphertext of a JSON object, or NULL)
+    """
+    CREATE TABLE flexiroaster.connections (
+        name VARCHAR PRIMARY KEY, type VARCHAR NOT NULL, description VARCHAR, config JSON,
+        secrets VARCHAR, created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ
+    );
+    """,
 ]
 
 # Columns stored as JSON text, decoded by rows() and encoded by put_rows().
-_JSON_COLS = {"webhooks", "evidence", "data", "action", "params", "detail", "payload", "lineage"}
+_JSON_COLS = {
+    "webhooks", "evidence", "data", "action", "params", "detail", "payload", "lineage", "config",
+}  # fmt: skip
 
 
 _STAGE_KEY = ["execution_id", "stage_id"]
