@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,6 +19,7 @@ import pytest
 
 from flexiroaster.api import create_app
 from flexiroaster.client import Client
+from flexiroaster.connectors.retry import backoff, retry_after
 from flexiroaster.runtime import Runtime
 from flexiroaster.settings import load_settings
 
@@ -385,3 +387,18 @@ def test_a_stage_timeout_ends_a_retry_after_wait(env):
     assert items["error_type"] == "StageTimeout" and "timed out after 1 s" in items["error"]
     assert "GET /v1/items page 1: 429, retry in 50.0 s (attempt 2 of 5)" in lines
     assert stage(done, "people")["status"] == "completed"
+
+
+def test_retry_after_reads_seconds_and_http_dates_and_is_capped():
+    from email.utils import format_datetime
+
+    now = 1_800_000_000.0
+    when = format_datetime(datetime.fromtimestamp(now + 7, UTC), usegmt=True)
+    assert retry_after(when, now=now) == pytest.approx(7)
+    assert retry_after("Thu, 01 Jan 1970 00:00:00 GMT", now=now) == 0  # in the past: at once
+    assert retry_after("2") == 2 and retry_after(" 0.5 ") == 0.5
+    assert retry_after("3600") == 60  # capped
+    assert retry_after(None) is None and retry_after("soon") is None and retry_after("") is None
+    for n in range(1, 8):
+        delay = 0.5 * 2 ** (n - 1)
+        assert min(delay, 60) <= backoff(n) <= min(delay * 1.5, 60)
