@@ -321,6 +321,7 @@ stages:
   - {id: toplevel, type: input, config: {connection: shop, endpoint: object}}
   - {id: missing, type: input, config: {connection: shop, endpoint: object, records: data.rows}}
   - {id: offhost, type: input, config: {connection: shop, endpoint: "http://example.org/v1/items"}}
+  - {id: nothing, type: input, config: {connection: shop, endpoint: people, params: {page: 99}}}
 """
 
 
@@ -350,6 +351,9 @@ def test_pagination_guard_records_path_and_host_errors_are_clear(env):
     offhost = "endpoint 'http://example.org/v1/items' leaves the connection's host"
     assert offhost in errors["offhost"]
     assert not [r for r in api.requests if "example.org" in r[1]]
+    # No records is no error: an empty table, and a warning.
+    nothing = stage(done, "nothing")
+    assert (nothing["status"], nothing["rows_out"]) == ("completed", 0)
     assert len([r for r in api.requests if r[1] == "/v1/forever"]) == 3
 
 
