@@ -508,6 +508,23 @@ def cmd_secrets(args) -> int:
     return 0
 
 
+def cmd_connections(args) -> int:
+    """connections [list] | connections test NAME: the running runtime's connections."""
+    with _client() as client:
+        if args.action == "test":
+            got = client.test_connection(args.name)
+            print(f"{args.name}: {'ok' if got['ok'] else 'FAILED'} ({got['took_ms']:.0f} ms) {got['detail']}")
+            return 0 if got["ok"] else 1
+        found = client.connections()["connections"]
+        if not found:
+            print("no connections")
+        for c in found:
+            used = ", ".join(c["used_by"]) or "-"
+            secrets = ", ".join(c["secrets_set"]) or "-"
+            print(f"{c['name']:28} {c['type']:9} secrets: {secrets:16} used by {used}")
+    return 0
+
+
 def cmd_schedule(args) -> int:
     """schedule add|pause|resume|run-now|delete|preview."""
     with _client() as client:
@@ -634,6 +651,12 @@ def build_parser() -> argparse.ArgumentParser:
     a = acts.add_parser("delete", help="delete (refused while a pipeline uses it)")
     a.add_argument("name")
     p.set_defaults(fn=cmd_secrets)
+    p = sub.add_parser("connections", help="list or test stored connections")
+    acts = p.add_subparsers(dest="action")
+    acts.add_parser("list", help="names, types, which secrets are set, the pipelines using them")
+    a = acts.add_parser("test", help="reach a connection once (exit 1 when it cannot)")
+    a.add_argument("name")
+    p.set_defaults(fn=cmd_connections, action="list")
     return parser
 
 

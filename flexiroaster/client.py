@@ -189,6 +189,38 @@ class Client:
     def delete_variable(self, key: str) -> None:
         self._call("DELETE", f"/variables/{key}")
 
+    # --- connections ---
+    def connections(self) -> dict:
+        return self._call("GET", "/connections")
+
+    def connection(self, name: str) -> dict:
+        return self._call("GET", f"/connections/{name}")
+
+    def put_connection(
+        self,
+        name: str,
+        type: str,
+        config: dict[str, Any],
+        secrets: dict[str, str | None] | None = None,
+        description: str | None = None,
+    ) -> dict:
+        """Create or replace; a secret field left out of `secrets` keeps its stored value, one
+        given as None is removed."""
+        body = {"type": type, "config": config, "description": description}
+        if secrets is not None:
+            body["secrets"] = secrets
+        return self._call("PUT", f"/connections/{name}", json=body)
+
+    def delete_connection(self, name: str) -> None:
+        self._call("DELETE", f"/connections/{name}")
+
+    def test_connection(self, target: str | dict[str, Any]) -> dict:
+        """Test a stored connection by name, or an unsaved one ({type, config, secrets}):
+        {ok, detail, took_ms}."""
+        if isinstance(target, str):
+            return self._call("POST", f"/connections/{target}/test")
+        return self._call("POST", "/connections/test", json=target)
+
     def call_webhook(self, path: str, secret: str, params: dict | None = None) -> dict:
         return self._call(
             "POST", f"/hooks/{path}", json=params or {}, headers={"X-Webhook-Secret": secret}

@@ -186,6 +186,16 @@ def _config(kind: ConnectionType, config: Any) -> dict[str, Any]:
     out = model.model_dump(mode="json")
     if kind == ConnectionType.HTTP and not out["base_url"].startswith(("http://", "https://")):
         raise SpecError("config.base_url: must be an http:// or https:// URL")
+    # Settings are shown to anyone who can read the API: secrets belong in `secrets`.
+    for key in out.get("options", {}) if kind == ConnectionType.POSTGRES else ():
+        if key.lower() in ("password", "passfile"):
+            raise SpecError(f"config.options.{key}: give the password as secrets.password")
+    for key in out.get("headers", {}) if kind == ConnectionType.HTTP else ():
+        if key.lower() in ("authorization", "proxy-authorization", "cookie"):
+            raise SpecError(
+                f"config.headers.{key}: credentials are secret; use auth (bearer, header or basic)"
+                " with secrets.token or secrets.password"
+            )
     return out
 
 

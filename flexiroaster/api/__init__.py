@@ -14,6 +14,7 @@ from ..settings import Settings
 from . import (
     airflow,
     alerts,
+    connections,
     data,
     errors,
     executions,
@@ -66,6 +67,7 @@ def create_app(
         app.include_router(module.router, prefix=PREFIX)
     app.include_router(schedules.hooks, prefix=PREFIX)
     app.include_router(airflow.router, prefix=PREFIX)
+    app.include_router(connections.router, prefix=PREFIX)
     app.include_router(metrics.prometheus)
 
     @app.get("/", include_in_schema=False)

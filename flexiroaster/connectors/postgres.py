@@ -121,6 +121,18 @@ def read(ctx: StageContext, conn: Any, cfg: Any) -> StageResult:
     return StageResult(ctx.output_name, table.num_rows, {"connection": conn.name, "rows": table.num_rows})
 
 
+def _declared_types(schema: Any) -> list[tuple[str, str]]:
+    """Columns whose PostgreSQL type needs more than the staging table says: decimals keep
+    their precision and scale (staged as plain numeric)."""
+    import pyarrow as pa
+
+    return [
+        (f.name, f"numeric({f.type.precision}, {f.type.scale})")
+        for f in schema
+        if pa.types.is_decimal(f.type) and f.type.precision <= 1000
+    ]
+
+
 def _target(table: str) -> str:
     schema, _, name = table.rpartition(".")
     return f"{q(schema)}.{q(name)}" if schema else q(name)
@@ -167,6 +179,8 @@ def write(ctx: StageContext, conn: Any, cfg: Any, source: str) -> StageResult:
             cur.execute("SELECT to_regclass($1) IS NOT NULL", (target,))
             if not cur.fetchall()[0][0]:
                 cur.execute(f"CREATE TABLE {target} AS SELECT * FROM {q(staging)} WITH NO DATA")
+                for col, kind in _declared_types(data.schema):
+                    cur.execute(f"ALTER TABLE {target} ALTER COLUMN {q(col)} TYPE {kind}")
                 ctx.log(f"created table {cfg.table} in {conn.name}")
             if cfg.mode == "replace":
                 cur.execute(f"DELETE FROM {target}")
