@@ -1,10 +1,12 @@
 """Alert rules: their kinds and validation, and how each kind judges a finished run (or, for
-schedule_late, the schedules' fire times). The judges only read the store; alerts.py acts."""
+schedule_late, the schedules' fire times). The judges read the pipeline's recent runs kept in
+memory (and the store only for validation results and schedules); alerts.py acts."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -175,18 +177,77 @@ class Verdict:
     occurrence: bool = True  # firing: this run is one more occurrence (else: still true)
 
 
+@dataclass(frozen=True)
+class RunMark:
+    """What the judges need of a finished run."""
+
+    id: str
+    status: str
+    created_at: datetime
+    completed_at: datetime
+    duration: float | None
+
+
+class RecentRuns:
+    """Each pipeline's latest finished runs (completed or failed), in the order they finished:
+    read from the store once per pipeline, then told of every run the alerts thread judges, so
+    judging a run reads nothing (a store read would wait for the write queue's flush)."""
+
+    def __init__(
+        self,
+        store: Store,
+        keep: int = ANOMALY_HISTORY,
+        stage_types: Callable[[ExecutionRecord], set[str]] | None = None,
+    ):
+        self.store = store
+        self.keep = keep
+        self.stage_types = stage_types  # a run's stage types, where known without a read
+        self._runs: dict[str, deque[RunMark]] = {}
+        self._ids: dict[str, set[str]] = {}
+
+    def of(self, pipeline_id: str) -> deque[RunMark]:
+        if pipeline_id not in self._runs:
+            found = self.store.query(
+                "SELECT id, status, created_at, completed_at,"
+                " epoch(completed_at) - epoch(started_at) FROM flexiroaster.executions"
+                " WHERE pipeline_id = ? AND status IN ('completed', 'failed')"
+                " AND completed_at IS NOT NULL ORDER BY completed_at DESC, id DESC LIMIT ?",
+                [pipeline_id, self.keep],
+            )
+            marks = [RunMark(*row) for row in reversed(found)]
+            self._runs[pipeline_id] = deque(marks, maxlen=self.keep)
+            self._ids[pipeline_id] = {m.id for m in marks}
+        return self._runs[pipeline_id]
+
+    def add(self, rec: ExecutionRecord) -> None:
+        if rec.status not in (RunStatus.COMPLETED, RunStatus.FAILED) or rec.completed_at is None:
+            return
+        runs, ids = self.of(rec.pipeline_id), self._ids[rec.pipeline_id]
+        if rec.id in ids:
+            return  # read with the pipeline's first load
+        if len(runs) == runs.maxlen:
+            ids.discard(runs[0].id)
+        runs.append(RunMark(rec.id, rec.status, rec.created_at, rec.completed_at, rec.duration))
+        ids.add(rec.id)
+
+    def forget(self, pipeline_id: str) -> None:
+        self._runs.pop(pipeline_id, None)
+        self._ids.pop(pipeline_id, None)
+
+
 def secs(s: float) -> str:
     if s < 120:
         return f"{s:.1f} s"
     return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
-# --- the judges: (rule, finished run, store, now) -> a verdict, or None for no change ----------
+# --- the judges: (rule, finished run, recent runs, now) -> a verdict, or None for no change ---
+# The run being judged is already in RecentRuns.
 
-Judge = Callable[[Rule, ExecutionRecord, "Store", datetime], Verdict | None]
+Judge = Callable[[Rule, ExecutionRecord, RecentRuns, datetime], Verdict | None]
 
 
-def run_failed(rule: Rule, rec: ExecutionRecord, store: Store, at: datetime) -> Verdict:
+def run_failed(rule: Rule, rec: ExecutionRecord, recent: RecentRuns, at: datetime) -> Verdict:
     if rec.status == RunStatus.COMPLETED:
         return Verdict(False, message=f"run {rec.id} completed")
     return Verdict(
@@ -198,28 +259,25 @@ def run_failed(rule: Rule, rec: ExecutionRecord, store: Store, at: datetime) -> 
 
 
 def consecutive_failures(
-    rule: Rule, rec: ExecutionRecord, store: Store, at: datetime
+    rule: Rule, rec: ExecutionRecord, recent: RecentRuns, at: datetime
 ) -> Verdict | None:
     if rec.status == RunStatus.COMPLETED:
         return Verdict(False, message=f"run {rec.id} completed, ending the failures")
     n = int(rule.threshold or 2)
-    latest = store.query(
-        "SELECT id, status FROM flexiroaster.executions WHERE pipeline_id = ?"
-        " AND status IN ('completed', 'failed') AND completed_at <= ?"
-        " ORDER BY completed_at DESC, id DESC LIMIT ?",
-        [rec.pipeline_id, rec.completed_at, n],
-    )
-    if len(latest) < n or any(status != "failed" for _, status in latest):
+    latest = [m for m in recent.of(rec.pipeline_id) if m.completed_at <= rec.completed_at][-n:]
+    if len(latest) < n or any(m.status != "failed" for m in latest):
         return None  # not (yet) n in a row
     return Verdict(
         True,
         f"{rec.pipeline_id}: {n} failed runs in a row",
         f"run {rec.id} failed, the last {n} runs all failed: {rec.error or 'no error recorded'}",
-        tuple(i for i, _ in reversed(latest)),
+        tuple(m.id for m in latest),
     )
 
 
-def duration_limit(rule: Rule, rec: ExecutionRecord, store: Store, at: datetime) -> Verdict | None:
+def duration_limit(
+    rule: Rule, rec: ExecutionRecord, recent: RecentRuns, at: datetime
+) -> Verdict | None:
     took, limit = rec.duration, rule.threshold or 0.0
     if took is None:
         return None
@@ -236,33 +294,27 @@ def duration_limit(rule: Rule, rec: ExecutionRecord, store: Store, at: datetime)
 
 
 def duration_anomaly(
-    rule: Rule, rec: ExecutionRecord, store: Store, at: datetime
+    rule: Rule, rec: ExecutionRecord, recent: RecentRuns, at: datetime
 ) -> Verdict | None:
-    """The run against its pipeline's latest ANOMALY_HISTORY runs (insights' robust z-score)."""
+    """The run against its pipeline's earlier runs (insights' robust z-score of log duration)."""
     if rec.status != RunStatus.COMPLETED or rec.duration is None:
         return None
-    from . import insights
+    from . import history as insights
 
-    [(count, since)] = store.query(
-        "SELECT count(*), min(created_at) FROM (SELECT created_at FROM flexiroaster.executions"
-        " WHERE pipeline_id = ? AND status IN ('completed', 'failed')"
-        " AND started_at IS NOT NULL AND completed_at IS NOT NULL AND created_at <= ?"
-        " ORDER BY created_at DESC LIMIT ?)",
-        [rec.pipeline_id, rec.created_at, ANOMALY_HISTORY],
+    earlier = sorted(
+        (m for m in recent.of(rec.pipeline_id) if m.created_at <= rec.created_at),
+        key=lambda m: (m.created_at, m.id),
     )
-    if count <= insights.MIN_RUNS:
+    if len(earlier) <= insights.MIN_RUNS:
         return None  # too little history to tell what is normal
-    import polars as pl
-
-    history = insights.load_history(store, since, rec.pipeline_id)
-    hit = insights.duration_anomalies(history, ["pipeline_id"]).filter(pl.col("id") == rec.id)
-    if hit.is_empty():
+    prior = [m.duration for m in earlier if m.status == "completed" and m.id != rec.id]
+    h = insights.duration_z(prior, rec.duration)  # type: ignore[arg-type]
+    if h is None or not h["anomalous"]:
         return Verdict(False, message=f"run {rec.id} took {secs(rec.duration)}, as usual")
-    h = hit.row(0, named=True)
     return Verdict(
         True,
         f"{rec.pipeline_id}: run {'much slower' if h['z'] > 0 else 'much faster'} than usual",
-        f"run {rec.id} took {secs(h['duration'])}; expected {secs(h['expected_low'])} to"
+        f"run {rec.id} took {secs(rec.duration)}; expected {secs(h['expected_low'])} to"
         f" {secs(h['expected_high'])} from the pipeline's latest runs",
         (rec.id,),
     )
@@ -286,7 +338,9 @@ def missed_schedules(
     return out
 
 
-def schedule_late(rule: Rule, rec: ExecutionRecord, store: Store, at: datetime) -> Verdict | None:
+def schedule_late(
+    rule: Rule, rec: ExecutionRecord, recent: RecentRuns, at: datetime
+) -> Verdict | None:
     """A scheduled run that started more than the threshold after its fire time."""
     if rec.scheduled_for is None or not rec.trigger.startswith("schedule:"):
         return None
@@ -301,7 +355,7 @@ def schedule_late(rule: Rule, rec: ExecutionRecord, store: Store, at: datetime) 
             f" {rec.scheduled_for.isoformat()} ({secs(allowed)} allowed)",
             (rec.id,),
         )
-    if missed_schedules(rule, store, at).get(rec.pipeline_id):
+    if missed_schedules(rule, recent.store, at).get(rec.pipeline_id):
         return None  # on time, but another schedule of the pipeline is still missing runs
     return Verdict(False, message=f"run {rec.id} of schedule {sid!r} started on time")
 
@@ -317,11 +371,13 @@ def _validation_failed(statuses: list[str], metrics: list[Any]) -> bool:
 
 
 def validation_failure_rate(
-    rule: Rule, rec: ExecutionRecord, store: Store, at: datetime
+    rule: Rule, rec: ExecutionRecord, recent: RecentRuns, at: datetime
 ) -> Verdict | None:
     """The share of the latest window_runs runs that validated something in which it failed."""
+    if recent.stage_types is not None and "validation" not in recent.stage_types(rec):
+        return None  # the run had no validation stage: nothing to read
     window = rule.window_runs or DEFAULT_WINDOW
-    found = store.query(
+    found = recent.store.query(
         "SELECT e.id, list(s.status), list(s.metrics) FROM flexiroaster.executions e"
         " JOIN flexiroaster.stage_executions s ON s.execution_id = e.id"
         " WHERE e.pipeline_id = ? AND e.status IN ('completed', 'failed')"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .alert_rules import (
     JUDGES,
     AlertError,
+    RecentRuns,
     Rule,
     RuleIn,
     RuleKind,
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 EVIDENCE_KEEP = 50  # run ids an alert keeps as evidence (the latest)
 AUTO = "auto"  # resolved_by of an alert whose condition cleared
+BATCH = 1000  # finished runs judged per wake-up of the alerts thread
 
 
 class AlertStatus(StrEnum):
@@ -102,6 +104,12 @@ class Alerts:
             for r in self.store.rows("alert_rules", order="created_at, id")
         }
         self.outbox = Outbox(self.store, self.settings)
+        # Unresolved alerts by (rule, pipeline): every change of an alert goes through here.
+        self._active: dict[tuple[str, str], Alert] = {}
+        for row in self.store.rows("alerts", "status <> 'resolved'", order="created_at"):
+            a = Alert.from_row(row)
+            self._active[(a.rule_id, a.pipeline_id)] = a
+        self.recent = RecentRuns(self.store, stage_types=self._stage_types)
         self._inbox: queue.Queue[ExecutionRecord | None] = queue.Queue()
         self._judged: OrderedDict[str, None] = OrderedDict()  # run ids, the latest 10,000
         self._judged_cv = threading.Condition()
@@ -152,11 +160,17 @@ class Alerts:
                 next_check = time.monotonic() + interval
                 continue
             try:
-                rec = self._inbox.get(timeout=wait)
+                batch = [self._inbox.get(timeout=wait)]
             except queue.Empty:
                 continue
-            if rec is not None:
-                self._safely(self.evaluate, rec)
+            while len(batch) < BATCH:  # the runs that finished meanwhile, judged in one go
+                try:
+                    batch.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            for rec in batch:
+                if rec is not None:
+                    self._safely(self.evaluate, rec)
 
     def _safely(self, fn: Any, *args: Any) -> None:
         try:
@@ -179,9 +193,10 @@ class Alerts:
                 at = self.rt.scheduler.clock()
                 with self._lock:
                     rules = [r for r in self._rules.values() if r.covers(rec.pipeline_id)]
+                    self.recent.add(rec)
                 for rule in rules:
                     try:
-                        verdict = JUDGES[rule.kind](rule, rec, self.store, at)
+                        verdict = JUDGES[rule.kind](rule, rec, self.recent, at)
                     except Exception:
                         log.exception("alert rule %s could not judge run %s", rule.id, rec.id)
                         continue
@@ -230,14 +245,24 @@ class Alerts:
     # --- alert state ----------------------------------------------------------------------------
 
     def _open(self, rid: str, pipeline_id: str) -> Alert | None:
-        found = self.store.rows(
-            "alerts",
-            "rule_id = ? AND pipeline_id = ? AND status <> 'resolved'",
-            [rid, pipeline_id],
-            order="created_at DESC",
-            limit=1,
-        )
-        return Alert.from_row(found[0]) if found else None
+        return self._active.get((rid, pipeline_id))
+
+    def _put(self, a: Alert) -> None:
+        """Store an alert's new state and keep the index of unresolved ones in step."""
+        self.store.put_rows("alerts", [as_row(a)])
+        key = (a.rule_id, a.pipeline_id)
+        if a.status != AlertStatus.RESOLVED:
+            self._active[key] = a
+        elif key in self._active and self._active[key].id == a.id:
+            del self._active[key]
+
+    def _stage_types(self, rec: ExecutionRecord) -> set[str]:
+        """The stage types of the run's pipeline as the runtime holds it parsed (when it is not
+        there any more, "validation" so that the rule reads the store rather than skip)."""
+        try:
+            return {str(s.type) for s in self.rt.get_pipeline(rec.pipeline_id).pipeline.stages}
+        except Exception:
+            return {"validation"}
 
     def _apply(self, rule: Rule, pipeline_id: str, v: Verdict, run_id: str | None) -> None:
         """Open, repeat or auto-resolve the alert of (rule, pipeline) by a verdict."""
@@ -255,7 +280,7 @@ class Alerts:
                     new_id(), rule.id, pipeline_id, rule.kind, rule.severity, AlertStatus.OPEN,
                     v.title, v.message, v.evidence[-EVIDENCE_KEEP:], 1, at, at,
                 )  # fmt: skip
-                self.store.put_rows("alerts", [as_row(alert)])
+                self._put(alert)
                 detail = {"rule_id": rule.id, "pipeline_id": pipeline_id, "run_id": run_id,
                           "severity": str(rule.severity), "title": alert.title}  # fmt: skip
                 self.store.audit("alerts", "alert.open", "alert", alert.id, detail)
@@ -269,7 +294,7 @@ class Alerts:
                     current, message=v.message, evidence=evidence, last_seen_at=at,
                     occurrences=current.occurrences + 1,
                 )  # fmt: skip
-                self.store.put_rows("alerts", [as_row(repeat)])
+                self._put(repeat)
                 self._say(
                     run_id, "WARN",
                     f"alert {current.id} seen again ({repeat.occurrences} times): {v.message}",
@@ -281,7 +306,7 @@ class Alerts:
         done = replace(
             a, status=AlertStatus.RESOLVED, resolved_by=by, resolved_at=now(), resolution=resolution
         )
-        self.store.put_rows("alerts", [as_row(done)])
+        self._put(done)
         detail = {"by": by, "resolution": resolution, "note": note, "run_id": run_id,
                   "rule_id": a.rule_id, "pipeline_id": a.pipeline_id}  # fmt: skip
         self.store.audit("alerts" if by == AUTO else by, "alert.resolve", "alert", a.id, detail)
@@ -359,7 +384,7 @@ class Alerts:
             done = replace(
                 a, status=AlertStatus.ACKNOWLEDGED, acknowledged_by=by, acknowledged_at=now()
             )
-            self.store.put_rows("alerts", [as_row(done)])
+            self._put(done)
             self.store.audit(by, "alert.acknowledge", "alert", a.id, {"by": by, "note": note})
             log.info("alert %s acknowledged by %s", a.id, by)
             return done
@@ -433,8 +458,7 @@ class Alerts:
             return [a.id for a in active]
 
     def _active_of(self, rid: str) -> list[Alert]:
-        found = self.store.rows("alerts", "rule_id = ? AND status <> 'resolved'", [rid])
-        return [Alert.from_row(r) for r in found]
+        return [a for (r, _), a in self._active.items() if r == rid]
 
     def _check(self, body: RuleIn) -> RuleIn:
         body = body.checked()

@@ -9,45 +9,34 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
 
+from .history import (  # noqa: F401  (re-exported: insights.X is the public name)
+    _FINISHED,
+    ANOMALY_MIN_EXCESS_S,
+    ANOMALY_WINDOW,
+    ANOMALY_Z,
+    MIN_RUNS,
+    MODEL_VERSION,
+    RECENT,
+    Insight,
+    InsightType,
+    Severity,
+    duration_z,
+    history_sql,
+    stage_history_sql,
+    stage_timeouts,
+)
 from .store import Store
 
-InsightType = Literal["failure_prediction", "anomaly", "optimization", "cost"]
-Severity = Literal["critical", "high", "medium", "low", "info"]
-
-MODEL_VERSION = "insights-1"
-MIN_RUNS = 20  # below this a pipeline's own history is too short to trust a prediction
-RECENT = 50  # "recent" means a pipeline's latest 50 runs
-ANOMALY_Z = 5.0  # robust z of log duration beyond which a run is anomalous
-ANOMALY_WINDOW = 200  # prior runs a duration is compared with
-ANOMALY_MIN_EXCESS_S = 1.0  # sub-second jitter of tiny stages is never an anomaly
 FEATURES = [
     "fail_rate_10", "fail_rate_50", "fail_rate_500", "fail_streak", "hour", "weekday", "duration_trend",
     "rows_trend", "rows_last", "hours_since_success", "version_age", "runs_before",
 ]  # fmt: skip
 _DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-
-
-@dataclass(frozen=True)
-class Insight:
-    id: str
-    pipeline_id: str
-    stage_id: str | None
-    type: InsightType
-    severity: Severity
-    confidence: float  # 0-1
-    title: str
-    explanation: str
-    evidence: list[str]  # run ids
-    data: dict[str, float]
-    created_at: datetime
-    expires_at: datetime
-    input_hash: str = ""  # SHA-256 of what the insight was computed from (audited with decisions)
-    model_version: str = MODEL_VERSION
 
 
 def _insight(
@@ -71,7 +60,15 @@ def _insight(
 
 # --- history ----------------------------------------------------------------------------------
 
-_FINISHED = "e.status IN ('completed', 'failed') AND e.started_at IS NOT NULL AND e.completed_at IS NOT NULL"
+RUN_SCHEMA = {
+    "id": pl.String, "pipeline_id": pl.String, "version": pl.String, "status": pl.String,
+    "t": pl.Float64, "scheduled": pl.Float64, "duration": pl.Float64, "rows": pl.Float64,
+}  # fmt: skip
+STAGE_SCHEMA = {
+    "id": pl.String, "pipeline_id": pl.String, "stage_id": pl.String, "position": pl.Int32,
+    "status": pl.String, "t": pl.Float64, "duration": pl.Float64, "attempts": pl.Int32,
+    "error_type": pl.String,
+}  # fmt: skip
 
 
 def load_history(
@@ -92,41 +89,16 @@ def load_history(
             " WHERE execution_id IN (SELECT id FROM flexiroaster.executions WHERE pipeline_id = ?)"
         )
         stage_args = [pipeline_id]
-    found = store.query(
-        "SELECT e.id, e.pipeline_id, e.pipeline_version, e.status, epoch(e.created_at),"
-        " epoch(e.scheduled_for), epoch(e.completed_at) - epoch(e.started_at), s.rows"
-        " FROM flexiroaster.executions e LEFT JOIN ("
-        "   SELECT execution_id, arg_min(coalesce(rows_in, rows_out), position) AS rows"
-        f"   FROM flexiroaster.stage_executions{stage_where} GROUP BY execution_id"
-        " ) s ON s.execution_id = e.id"
-        f" WHERE {where} ORDER BY e.pipeline_id, e.created_at, e.id",
-        [*stage_args, *args],
-    )
-    schema = {
-        "id": pl.String, "pipeline_id": pl.String, "version": pl.String, "status": pl.String,
-        "t": pl.Float64, "scheduled": pl.Float64, "duration": pl.Float64, "rows": pl.Float64,
-    }  # fmt: skip
-    return pl.DataFrame(found, schema=schema, orient="row")
+    found = store.query(history_sql(where, stage_where), [*stage_args, *args])
+    return pl.DataFrame(found, schema=RUN_SCHEMA, orient="row")
 
 
 def load_stage_history(store: Store, since: datetime | None = None) -> pl.DataFrame:
     """Stage rows of finished runs that ran (completed or failed), ordered by pipeline, stage
     and time."""
     where, args = (f"{_FINISHED} AND e.created_at >= ?", [since]) if since else (_FINISHED, [])
-    found = store.query(
-        "SELECT s.execution_id, e.pipeline_id, s.stage_id, s.position, s.status,"
-        " epoch(e.created_at), s.duration, s.attempts, s.error_type"
-        " FROM flexiroaster.stage_executions s JOIN flexiroaster.executions e ON e.id = s.execution_id"
-        f" WHERE {where} AND s.status IN ('completed', 'failed')"
-        " ORDER BY e.pipeline_id, s.stage_id, e.created_at, e.id",
-        args,
-    )
-    schema = {
-        "id": pl.String, "pipeline_id": pl.String, "stage_id": pl.String, "position": pl.Int32,
-        "status": pl.String, "t": pl.Float64, "duration": pl.Float64, "attempts": pl.Int32,
-        "error_type": pl.String,
-    }  # fmt: skip
-    return pl.DataFrame(found, schema=schema, orient="row")
+    found = store.query(stage_history_sql(where), args)
+    return pl.DataFrame(found, schema=STAGE_SCHEMA, orient="row")
 
 
 # --- features ---------------------------------------------------------------------------------
@@ -575,27 +547,6 @@ def schedule_overlaps(runs: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def stage_timeouts(store: Store) -> dict[tuple[str, str], float]:
-    """(pipeline, stage) -> timeout in seconds, from the spec stored with each pipeline's
-    latest run (what will run next; a spec that no longer parses is skipped)."""
-    import yaml
-
-    found = store.query(
-        "SELECT pipeline_id, arg_max(spec_yaml, created_at) FROM flexiroaster.executions"
-        " WHERE spec_yaml IS NOT NULL GROUP BY pipeline_id"
-    )
-    out = {}
-    for pid, text in found:
-        try:
-            spec = yaml.safe_load(text) or {}
-            for st in spec.get("stages") or []:
-                if isinstance(st, dict) and st.get("timeout"):
-                    out[(pid, str(st["id"]))] = float(st["timeout"])
-        except (yaml.YAMLError, AttributeError, TypeError, ValueError, KeyError):
-            continue
-    return out
-
-
 def timeout_mismatches(stages: pl.DataFrame, timeouts: dict[tuple[str, str], float]) -> list[dict]:
     """Stages whose timeout is far above their p99 duration (a hung run holds a worker for
     nothing) or close under it (healthy runs get killed)."""
@@ -692,12 +643,21 @@ def recommendation_insights(
 
 
 def compute_insights(store: Store, now: datetime | None = None) -> list[Insight]:
-    """Load the history, fit the failure model, and return every insight, most severe first."""
+    """Load the history, fit the failure model, and return every insight, most severe first
+    (in this process; the runtime computes them in a child, see insights_job.py)."""
     at = now or datetime.now(UTC)
     runs = load_history(store)
     if runs.is_empty():
         return []
-    stages = load_stage_history(store)
+    return compute_from(runs, load_stage_history(store), stage_timeouts(store), at)
+
+
+def compute_from(
+    runs: pl.DataFrame, stages: pl.DataFrame, timeouts: dict[tuple[str, str], float], at: datetime
+) -> list[Insight]:
+    """Every insight from a loaded history (load_history, load_stage_history, stage_timeouts)."""
+    if runs.is_empty():
+        return []
     feats = run_features(with_next_runs(runs, at))
     model = fit_failure_model(feats)
     nxt = feats.filter(pl.col("id") == "next")
@@ -705,7 +665,7 @@ def compute_insights(store: Store, now: datetime | None = None) -> list[Insight]
         *failure_insights(model, nxt, at),
         *anomaly_insights(runs, stages, at),
         *forecast_insights(runs, at),
-        *recommendation_insights(runs, stages, stage_timeouts(store), at),
+        *recommendation_insights(runs, stages, timeouts, at),
     ]
     rank = {"critical": 0, "high": 1, "medium": 2, "low": 3, "info": 4}
     return sorted(found, key=lambda i: (rank[i.severity], -i.confidence, i.pipeline_id))

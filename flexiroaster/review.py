@@ -20,6 +20,7 @@ until a person releases or cancels it.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
@@ -29,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import Conflict, FlexiError, NotFound
-from .insights import MODEL_VERSION, Insight, compute_insights
+from .history import MODEL_VERSION, Insight
+from .insights_job import InsightsJob
 from .records import now
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ Band = Literal["high", "medium", "low"]
 SAFE_ACTIONS = frozenset({"pause_schedule"})  # actions the policy may apply on its own
 REOPEN_AFTER = timedelta(days=7)  # a decision stands this long unless the severity worsens
 ACTIVE = ("open", "pending_review", "blocked")
+COST_SHARE = 10  # recomputations are spaced by at least 10 times their own duration
 DECIDED = ("approved", "applied", "rejected", "dismissed")
 _DECISION = ("status", "decided_by", "decided_at", "reason", "snoozed_until", "decided_severity",
              "created_at")  # fmt: skip
@@ -113,6 +116,7 @@ class Review:
         self._thread: threading.Thread | None = None
         self.last: dict[str, Any] | None = None  # figures of the latest recomputation
         self._rows: dict[str, dict[str, Any]] | None = None  # policy rows (see _policy_rows)
+        self._job = InsightsJob()  # the computation runs in a child process
         rt.engine.on_finish.append(lambda _rec: self._dirty.set())
 
     # --- background recomputation -----------------------------------------------------------
@@ -125,23 +129,29 @@ class Review:
 
     def stop(self) -> None:
         self._stop.set()
+        self._job.kill()
         if self._thread is not None:
             self._thread.join(timeout=15)
 
     def _loop(self) -> None:
-        interval = self.rt.settings.insights_interval
-        last = -interval
+        """Recompute when runs have finished, at most every insights_interval s and never
+        more than 1/COST_SHARE of the time: a computation that took 4 s waits 40 s for the
+        next, so a big history cannot keep a core busy while the API serves."""
+        gap, last = 0.0, -math.inf
         while not self._stop.is_set():
             if not self._dirty.wait(0.25):
                 continue
-            if self._stop.wait(max(0.0, last + interval - time.monotonic())):
+            if self._stop.wait(max(0.0, last + gap - time.monotonic())):
                 return
             self._dirty.clear()
+            began = time.monotonic()
             try:
                 self.recompute()
             except Exception:  # a bad history must not stop later recomputations
-                log.exception("insight recomputation failed")
+                if not self._stop.is_set():
+                    log.exception("insight recomputation failed")
             last = time.monotonic()
+            gap = max(self.rt.settings.insights_interval, COST_SHARE * (last - began))
 
     # --- policy -----------------------------------------------------------------------------
 
@@ -227,7 +237,7 @@ class Review:
         worsens; subjects no longer found expire."""
         at = at or now()
         started = time.perf_counter()
-        found = compute_insights(self.store, at)
+        found = self._job.compute(self.store, at)
         took = time.perf_counter() - started
         with self._lock:
             existing = {r["id"]: r for r in self.store.rows("insights")}
@@ -252,7 +262,10 @@ class Review:
                     out.append({**old, "status": "expired", "updated_at": at})
                     counts["expired"] += 1
             self.store.put_rows("insights", out)
-        self.last = {"insights": len(found), **counts, "computed_at": at, "seconds": round(took, 3)}
+        self.last = {
+            "insights": len(found), **counts, "computed_at": at, "seconds": round(took, 3),
+            "child_peak_rss_mb": self._job.peak_rss_mb,
+        }  # fmt: skip
         return self.last
 
     def _timed_schedules(self) -> dict[str, list[str]]:

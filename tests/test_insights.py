@@ -169,3 +169,44 @@ def test_little_or_no_history(store, n):
         write(store, history("tiny", [True] * n))
     found = insights.compute_insights(store, NOW)
     assert len(of(found, "failure_prediction", "tiny")) == (1 if n else 0)
+
+
+def test_the_one_run_model_of_the_alerts_agrees_with_the_history_model():
+    """alerts judge each finished run with duration_z; insights scan the history with
+    duration_anomalies: same z, same anomalies, on durations with drift and outliers."""
+    rnd = random.Random(7)
+    durations = [rnd.lognormvariate(2.0 + i / 400, 0.3) for i in range(400)]
+    for i in (60, 150, 151, 300):
+        durations[i] *= 40
+    frame = pl.DataFrame(
+        {"id": [f"r{i}" for i in range(400)], "pipeline_id": ["p"] * 400,
+         "status": ["completed"] * 400, "t": [float(i) for i in range(400)],
+         "duration": durations}
+    )  # fmt: skip
+    scanned = insights.duration_anomalies(frame, ["pipeline_id"])
+    one_by_one = {}
+    for i, d in enumerate(durations):
+        h = insights.duration_z(durations[:i], d)
+        if h is not None and h["anomalous"]:
+            one_by_one[f"r{i}"] = h["z"]
+    assert set(one_by_one) == set(scanned["id"]) and len(one_by_one) >= 4
+    for row in scanned.iter_rows(named=True):
+        assert one_by_one[row["id"]] == pytest.approx(row["z"], rel=1e-9)
+    assert insights.duration_z(durations[: insights.MIN_RUNS - 1], 10.0) is None
+
+
+def test_the_child_process_computes_what_this_process_computes(store):
+    """The runtime computes insights in a child from a Parquet snapshot (insights_job.py):
+    the same insights, field for field, as computing them here over the store."""
+    from flexiroaster.insights_job import InsightsJob
+
+    write(
+        store,
+        history("streaky", streaky(300, seed=1) + [True] * 4, seed=1, slow={100: 6.0}),
+        history("steady", [False] * 200, seed=2),
+    )
+    here = insights.compute_insights(store, NOW)
+    job = InsightsJob()
+    there = job.compute(store, NOW)
+    assert len(here) >= 5 and there == here
+    assert job.peak_rss_mb and job.peak_rss_mb > 50  # measured in the child

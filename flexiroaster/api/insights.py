@@ -9,7 +9,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..insights import InsightType, Severity
+from ..history import InsightType, Severity
 from ..records import now
 from ..review import Band, PolicyIn
 from ..runtime import Runtime
