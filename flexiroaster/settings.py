@@ -79,6 +79,14 @@ class Settings(BaseSettings):
         description="Fernet key that encrypts stored secrets; default: a key file"
         " DATA_DIR/secret.key created (mode 0600) on first start",
     )
+    data_roots: list[Path] = Field(
+        default_factory=list,
+        description="Directories whose files input/output stages and /query may read and write;"
+        " default: DATA_DIR",
+    )
+    allow_any_path: bool = Field(
+        False, description="Let stages and /query use files outside the data roots"
+    )
     warehouse_dir: Path | None = Field(
         None,
         description="Where Airflow-run stages exchange Parquet files; default DATA_DIR/warehouse",
@@ -91,6 +99,13 @@ class Settings(BaseSettings):
     @property
     def warehouse(self) -> Path:
         return self.warehouse_dir or self.data_dir / "warehouse"
+
+    @property
+    def path_roots(self) -> tuple[Path, ...] | None:
+        """The data roots, resolved (symlinks and `..`), or None when any path is allowed."""
+        if self.allow_any_path:
+            return None
+        return tuple(Path(r).expanduser().resolve() for r in self.data_roots or [self.data_dir])
 
     @property
     def pipelines_dir(self) -> Path:
