@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from flexiroaster.states import RunStatus
 
 from .conftest import pipeline, rows
@@ -223,3 +225,34 @@ stages:
     assert time.monotonic() - started < 6
     assert timed.status == RunStatus.FAILED and "timed out after 1 s" in timed.error
     assert _sleeping(pg) == 0
+
+
+def test_airflow_stages_mode_runs_connection_stages_in_the_runtime(engine, store, settings, pg, tmp_path):  # noqa: F811
+    """A stage with a connection needs the runtime (it alone can decrypt the secrets): the
+    stage runner opens the connection, writes its output for the next task, masks its logs."""
+    from datetime import UTC, datetime
+
+    import pyarrow.parquet as pq
+
+    from flexiroaster.errors import StageError
+    from flexiroaster.stage_runner import needs_store, run_one_stage
+
+    _connect(engine, pg)
+    pg.sql("create table if not exists colours (id int, name text)")
+    pg.sql("insert into colours values (1, 'red'), (2, 'blue')")
+    p = pipeline(f"""
+        name: stages-mode
+        stages:
+          - {{id: load, type: input, config: {{connection: wh, query: "select * from colours order by id"}}}}
+          - {{id: echo, type: input, config: {{connection: wh, query: 'select * from "{pg.password}"'}}}}
+          - {{id: local, type: sql, config: {{query: "select 1 as x"}}}}
+    """)
+    assert needs_store(p.stages[0]) and not needs_store(p.stages[2])
+    kw = dict(run_id="r1", params={}, stands_for=datetime.now(UTC), warehouse=tmp_path)
+    done = run_one_stage(store, settings, p, "load", **kw)
+    assert done.rows_out == 2 and ("INFO", "read 2 rows from wh") in done.logs
+    assert pq.read_table(done.output).to_pylist() == [{"id": 1, "name": "red"}, {"id": 2, "name": "blue"}]
+    with pytest.raises(StageError) as err:
+        run_one_stage(store, settings, p, "echo", **kw)
+    assert 'relation "***" does not exist' in str(err.value) and pg.password not in str(err.value)
+    pg.sql("drop table colours")

@@ -92,8 +92,9 @@ def _tested(r: TestResult) -> ConnectionTestOut:
     return ConnectionTestOut(ok=r.ok, detail=r.detail, took_ms=r.took_ms)
 
 
-@router.get("", response_model=ConnectionList)
+@router.get("", response_model=ConnectionList, responses=documented(409))
 def list_connections(rt: Runtime = Depends(runtime)) -> ConnectionList:
+    """Every connection; 409 when the secret key does not open what is stored."""
     usage = rt.connections.usage()
     found = rt.connections.list()
     return ConnectionList(connections=[_out(c, usage) for c in found], total=len(found))
@@ -111,7 +112,7 @@ def test_unsaved(body: ConnectionTestIn, rt: Runtime = Depends(runtime)) -> Conn
     return _tested(rt.connections.test(conn))
 
 
-@router.get("/{name}", response_model=ConnectionOut, responses=documented(404, 422))
+@router.get("/{name}", response_model=ConnectionOut, responses=documented(404, 409, 422))
 def get_connection(name: str = Name, rt: Runtime = Depends(runtime)) -> ConnectionOut:
     return _out(rt.connections.get(name), rt.connections.usage())
 
