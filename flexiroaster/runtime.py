@@ -15,6 +15,7 @@ from .errors import Conflict, FlexiError
 from .external import ExternalRuns
 from .metrics import ProcessMeter
 from .records import ExecutionRecord, PipelineRecord, now
+from .retention import Retention
 from .review import Review
 from .scheduler import Scheduler
 from .settings import Settings
@@ -48,6 +49,8 @@ class Runtime:
         # Airflow's trigger and task callbacks: its credentials and replay memory.
         self.airflow = AirflowLink(self)
         self.external = ExternalRuns(self)  # runs whose stages Airflow tasks execute
+        # Old finished runs pruned in the background once start() is called (retention_days).
+        self.retention = Retention(self)
         self.started_at = time.time()
         self.meter = ProcessMeter()
         self.closed = False
@@ -196,6 +199,7 @@ class Runtime:
         if not self.scheduler.running:
             self.scheduler.start()
         self.review.start()
+        self.retention.start()
 
     def close(self) -> None:
         """Cancel running runs (recorded as cancelled), then close the store."""
@@ -203,6 +207,7 @@ class Runtime:
             return
         self.closed = True
         self.scheduler.shutdown()
+        self.retention.stop()
         self.alerts.close()
         self.review.stop()
         self.engine.shutdown()

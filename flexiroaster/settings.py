@@ -87,6 +87,15 @@ class Settings(BaseSettings):
     allow_any_path: bool = Field(
         False, description="Let stages and /query use files outside the data roots"
     )
+    retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="Finished runs older than this many days are deleted with their stage rows,"
+        " log lines and callbacks (resolved alerts too); unset keeps everything",
+    )
+    retention_interval: float = Field(
+        600.0, gt=0, le=86400, description="Seconds between prunes (the first one at start)"
+    )
     warehouse_dir: Path | None = Field(
         None,
         description="Where Airflow-run stages exchange Parquet files; default DATA_DIR/warehouse",
