@@ -186,6 +186,8 @@ def _config(kind: ConnectionType, config: Any) -> dict[str, Any]:
     out = model.model_dump(mode="json")
     if kind == ConnectionType.HTTP and not out["base_url"].startswith(("http://", "https://")):
         raise SpecError("config.base_url: must be an http:// or https:// URL")
+    if kind == ConnectionType.HTTP and model.base_url.username is not None:
+        raise SpecError("config.base_url: credentials in the URL are secret; use auth basic")
     # Settings are shown to anyone who can read the API: secrets belong in `secrets`.
     for key in out.get("options", {}) if kind == ConnectionType.POSTGRES else ():
         if key.lower() in ("password", "passfile"):

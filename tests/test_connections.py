@@ -131,6 +131,7 @@ def test_crud_secrets_write_only_and_kept_when_omitted(served, pg):  # noqa: F81
                                                "options": {"password": "x"}}},
          422, "config.options.password"),
         ("w", {"type": "http", "config": {"base_url": "ftp://x"}}, 422, "config.base_url"),
+        ("w", {"type": "http", "config": {"base_url": "https://u:pw@x"}}, 422, "config.base_url: credentials"),
         ("w", {"type": "http", "config": {"base_url": "https://x", "headers": {"Authorization": "t"}}},
          422, "config.headers.Authorization"),
         ("w", {"type": "http", "config": {"base_url": "https://x", "auth": "bearer"}},

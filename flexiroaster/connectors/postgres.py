@@ -21,9 +21,14 @@ def uri(conn: Any) -> str:
     user = quote(cfg["user"], safe="")
     password = conn.secrets.get("password")
     auth = f"{user}:{quote(password, safe='')}" if password else user
-    host = f"[{cfg['host']}]" if ":" in cfg["host"] else cfg["host"]
     query = {"connect_timeout": str(cfg.get("connect_timeout", 10)), **(cfg.get("options") or {})}
-    return f"postgresql://{auth}@{host}:{cfg['port']}/{quote(cfg['database'], safe='')}?{urlencode(query)}"
+    if cfg["host"].startswith("/"):  # a Unix socket directory goes in the query
+        query |= {"host": cfg["host"], "port": str(cfg["port"])}
+        where = ""
+    else:
+        host = f"[{cfg['host']}]" if ":" in cfg["host"] else cfg["host"]
+        where = f"{host}:{cfg['port']}"
+    return f"postgresql://{auth}@{where}/{quote(cfg['database'], safe='')}?{urlencode(query)}"
 
 
 def _where(conn: Any) -> str:
