@@ -97,7 +97,8 @@ def _numeric_select(table: Any, name: str) -> str:
             continue
         typmod = int(meta.get("POSTGRESQL:typmod", "-1"))
         precision, scale = ((typmod - 4) >> 16, (typmod - 4) & 0xFFFF) if typmod >= 4 else (0, 0)
-        kind = f"DECIMAL({precision}, {scale})" if 0 < precision <= 38 else "DOUBLE"
+        fits = 0 < precision <= 38 and scale <= precision  # PostgreSQL 15 allows scale > precision
+        kind = f"DECIMAL({precision}, {scale})" if fits else "DOUBLE"
         cols.append(f"CAST({q(f.name)} AS {kind}) AS {q(f.name)}")
     return f"SELECT {', '.join(cols)} FROM {name}"
 
