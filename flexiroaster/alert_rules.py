@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import FlexiError
 from .records import ExecutionRecord
+from .spec import CONNECTION_NAME
 from .states import RunStatus
 
 if TYPE_CHECKING:
@@ -91,6 +92,23 @@ class RuleIn(BaseModel):
         max_length=20,
         description="http(s) URLs each new alert of this rule is POSTed to (signed JSON)",
     )
+    channels: list[Annotated[str, Field(pattern=CONNECTION_NAME)]] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Stored smtp or webhook connections each new alert of this rule is sent"
+        " through (Slack-compatible text, or an email to `recipients`)",
+    )
+    recipients: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$", max_length=320)]] = Field(
+        default_factory=list, max_length=100, description="smtp channels: who gets the email"
+    )
+    subject: str | None = Field(
+        None,
+        max_length=500,
+        description="Template of the message's subject, e.g. `{{ alert.severity }}: {{ alert.title }}`"
+        " (alert.id, rule_id, pipeline_id, kind, severity, status, title, message, evidence,"
+        " created_at)",
+    )
+    body: str | None = Field(None, max_length=10_000, description="Template of the message's text")
     enabled: bool = True
 
     def checked(self) -> RuleIn:
@@ -119,6 +137,12 @@ class RuleIn(BaseModel):
                 ok = False
             if not ok:
                 raise AlertError(f"webhooks[{i}]: {url!r} is not an http(s) URL with a host")
+        from .channels import check_template
+
+        for field in ("subject", "body"):
+            problem = check_template(getattr(self, field))
+            if problem:
+                raise AlertError(f"{field}: {problem}")
         if kind == RuleKind.VALIDATION_FAILURE_RATE and window is None:
             window = DEFAULT_WINDOW
         return self.model_copy(
@@ -126,6 +150,8 @@ class RuleIn(BaseModel):
                 "name": self.name.strip(),
                 "window_runs": window,
                 "webhooks": list(dict.fromkeys(self.webhooks)),
+                "channels": list(dict.fromkeys(self.channels)),
+                "recipients": list(dict.fromkeys(self.recipients)),
             }
         )
 
@@ -156,11 +182,17 @@ class Rule:
     enabled: bool
     created_at: datetime
     updated_at: datetime
+    channels: tuple[str, ...] = ()  # stored smtp / webhook connections
+    recipients: tuple[str, ...] = ()  # the smtp channels' addresses
+    subject: str | None = None  # message templates (channels.py; None: the default)
+    body: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Rule:
         return cls(**{**row, "kind": RuleKind(row["kind"]), "severity": Severity(row["severity"]),
-                      "webhooks": tuple(row["webhooks"] or ())})  # fmt: skip
+                      "webhooks": tuple(row["webhooks"] or ()),
+                      "channels": tuple(row.get("channels") or ()),
+                      "recipients": tuple(row.get("recipients") or ())})  # fmt: skip
 
     def covers(self, pipeline_id: str) -> bool:
         return self.enabled and self.pipeline_id in (None, pipeline_id)

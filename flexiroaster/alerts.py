@@ -15,6 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from . import channels
 from .alert_rules import (
     JUDGES,
     AlertError,
@@ -103,7 +104,7 @@ class Alerts:
             r["id"]: Rule.from_row(r)
             for r in self.store.rows("alert_rules", order="created_at, id")
         }
-        self.outbox = Outbox(self.store, self.settings)
+        self.outbox = Outbox(self.store, self.settings, channel=self._send_via)
         # Unresolved alerts by (rule, pipeline): every change of an alert goes through here.
         self._active: dict[tuple[str, str], Alert] = {}
         for row in self.store.rows("alerts", "status <> 'resolved'", order="created_at"):
@@ -320,7 +321,23 @@ class Alerts:
             self.store.log(run_id, None, level, message, {"source": "alerts"})
 
     def _urls(self, rule: Rule) -> list[str]:
-        return list(dict.fromkeys([*rule.webhooks, *self.settings.alert_webhooks]))
+        """Where a new alert of the rule goes: webhook URLs, then its channels."""
+        urls = [*rule.webhooks, *self.settings.alert_webhooks]
+        return list(dict.fromkeys([*urls, *(channels.PREFIX + c for c in rule.channels)]))
+
+    def _send_via(self, name: str, payload: dict[str, Any], http: Any) -> int | None:
+        """Deliver an alert through the channel `name` with its rule's templates (on a delivery
+        thread of the outbox)."""
+        with self._lock:
+            rule = self._rules.get(payload["rule_id"])
+        try:
+            conn = self.rt.connections.open(name)
+        except NotFound:
+            raise channels.ChannelError(f"no connection {name} (deleted?)", final=True) from None
+        subject, text = channels.render(
+            payload, rule.subject if rule else None, rule.body if rule else None
+        )
+        return channels.deliver(conn, subject, text, list(rule.recipients if rule else ()), http)
 
     # --- people ---------------------------------------------------------------------------------
 
@@ -464,6 +481,18 @@ class Alerts:
         body = body.checked()
         if body.pipeline_id is not None and not self.store.has_pipeline(body.pipeline_id):
             raise NotFound(f"pipeline_id: no pipeline {body.pipeline_id!r}")
+        for i, name in enumerate(body.channels):
+            try:
+                kind = str(self.rt.connections.get(name).type)
+            except NotFound:
+                raise AlertError(f"channels[{i}]: no connection {name!r}") from None
+            if kind not in ("smtp", "webhook"):
+                raise AlertError(
+                    f"channels[{i}]: connection {name!r} is of type {kind}; a channel is an smtp"
+                    " or webhook connection"
+                )
+            if kind == "smtp" and not body.recipients:
+                raise AlertError(f"recipients: channel {name!r} sends email; say to whom")
         return body
 
 
@@ -472,6 +501,8 @@ def _definition(body: RuleIn) -> dict[str, Any]:
         "name": body.name, "kind": body.kind, "pipeline_id": body.pipeline_id,
         "threshold": body.threshold, "window_runs": body.window_runs, "severity": body.severity,
         "webhooks": tuple(body.webhooks), "enabled": body.enabled,
+        "channels": tuple(body.channels), "recipients": tuple(body.recipients),
+        "subject": body.subject, "body": body.body,
     }  # fmt: skip
 
 

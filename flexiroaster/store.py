@@ -172,11 +172,19 @@ MIGRATIONS: list[str] = [
         secrets VARCHAR, created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ
     );
     """,
+    # 9: alert channels: stored smtp / webhook connections a rule notifies, with its templates
+    """
+    ALTER TABLE flexiroaster.alert_rules ADD COLUMN channels JSON DEFAULT '[]';
+    ALTER TABLE flexiroaster.alert_rules ADD COLUMN recipients JSON DEFAULT '[]';
+    ALTER TABLE flexiroaster.alert_rules ADD COLUMN subject VARCHAR;
+    ALTER TABLE flexiroaster.alert_rules ADD COLUMN body VARCHAR;
+    """,
 ]
 
 # Columns stored as JSON text, decoded by rows() and encoded by put_rows().
 _JSON_COLS = {
     "webhooks", "evidence", "data", "action", "params", "detail", "payload", "lineage", "config",
+    "channels", "recipients",
 }  # fmt: skip
 
 

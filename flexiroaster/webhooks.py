@@ -1,6 +1,8 @@
 """Signed JSON webhooks with retries: the outbox of alert notifications (`alert_notifications`).
 
-Each new alert is one POST per URL, on delivery threads (a slow receiver holds up no run):
+Each new alert is one POST per URL, on delivery threads (a slow receiver holds up no run);
+a rule's channels (stored smtp / webhook connections, channels.py) are deliveries here too,
+their "url" being `connection:<name>`, retried the same way:
 
     Content-Type: application/json
     X-FlexiRoaster-Event: alert.opened
@@ -37,12 +39,14 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .channels import PREFIX, ChannelError
 from .records import now
 
 if TYPE_CHECKING:
@@ -110,6 +114,8 @@ def key_file(path: Path) -> bytes:
 
 def _where(url: str) -> str:
     """scheme://host of a URL, for logs (a path or query may hold a receiver's token)."""
+    if url.startswith(PREFIX):
+        return url  # a channel's name (its URL, if any, is the connection's secret)
     scheme, _, rest = url.partition("://")
     return f"{scheme}://{rest.split('/', 1)[0].rpartition('@')[2]}"
 
@@ -128,9 +134,17 @@ def _said(resp: httpx.Response) -> str:
 class Outbox:
     """Queues deliveries by due time and makes them on THREADS daemon threads."""
 
-    def __init__(self, store: Store, settings: Settings):
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        channel: Callable[[str, dict[str, Any], httpx.Client], int | None] | None = None,
+    ):
         self.store = store
         self.settings = settings
+        # Sends through a stored connection: url "connection:<name>" (channels.py); raises
+        # channels.ChannelError.
+        self.channel = channel
         self._key: bytes | None = None
         self._key_lock = threading.Lock()  # the key file is made once, by one thread
         self._due: list[tuple[float, int, Notification, dict[str, Any]]] = []  # a heap
@@ -215,6 +229,26 @@ class Outbox:
                         log.exception("alert notification %s: delivery failed", n.id)
 
     def _attempt(self, http: httpx.Client, n: Notification, payload: dict[str, Any]) -> None:
+        if n.url.startswith(PREFIX):
+            code, error, final = self._via_channel(http, n, payload)
+        else:
+            code, error, final = self._post(http, n, payload)
+        self._record(n, payload, code, error, final)
+
+    def _via_channel(
+        self, http: httpx.Client, n: Notification, payload: dict[str, Any]
+    ) -> tuple[int | None, str | None, bool]:
+        if self.channel is None:
+            return None, "no channel sender in this runtime", True
+        try:
+            return self.channel(n.url.removeprefix(PREFIX), payload, http), None, False
+        except ChannelError as exc:
+            return exc.status_code, str(exc), exc.final
+
+    def _post(
+        self, http: httpx.Client, n: Notification, payload: dict[str, Any]
+    ) -> tuple[int | None, str | None, bool]:
+        """The signed JSON POST of an alert to a webhook URL."""
         import httpx
 
         body = json.dumps({"event": EVENT, "alert": payload, "sent_at": now().isoformat()}).encode()
@@ -234,6 +268,17 @@ class Outbox:
             error, final = f"{exc.__class__.__name__}: {exc}", True  # no retry mends the URL
         except httpx.HTTPError as exc:
             error = f"{exc.__class__.__name__}: {exc}"
+        return code, error, final
+
+    def _record(
+        self,
+        n: Notification,
+        payload: dict[str, Any],
+        code: int | None,
+        error: str | None,
+        final: bool,
+    ) -> None:
+        """Store how an attempt went; queue the next one after the doubling delay."""
         attempts = n.attempts + 1
         if error is None:
             status = Delivery.DELIVERED

@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import random
+import re
 import stat
 import threading
 import time
@@ -645,3 +646,74 @@ def test_rule_crud_errors_name_the_field_and_deleting_resolves_its_alerts(data_d
             client.delete_alert_rule(made["id"])
         actions = [e["action"] for e in client.audit(target_type="alert_rule")["entries"]]
         assert actions == ["alert_rule.delete", "alert_rule.update", "alert_rule.create"]
+
+
+def test_channels_send_the_rules_templates_through_stored_webhook_and_smtp_connections(
+    data_dir, receiver
+):
+    from .test_notify import PASSWORD, smtp_server
+
+    hook_path = "/services/T000/B000/channel-secret-path"
+    with smtp_server(auth_require_tls=False) as (box, port), served(
+        alert_settings(data_dir), BOOM
+    ) as (rt, client):
+        client.put_connection("team-hook", "webhook", {}, {"url": receiver.url(hook_path)})
+        client.put_connection(
+            "mail", "smtp", {"host": "127.0.0.1", "port": port, "sender": "alerts@example.org",
+                             "username": "mailer"}, {"password": PASSWORD},
+        )  # fmt: skip
+        bad = [
+            ({"channels": ["nowhere"]}, "channels[0]: no connection 'nowhere'"),
+            ({"channels": ["mail"]}, "recipients: channel 'mail' sends email"),
+            ({"subject": "{{ alert.nope }}"}, "subject: unknown placeholder {{ alert.nope }}"),
+            ({"body": "{{ run_id }}"}, "body: unknown placeholder {{ run_id }}"),
+        ]
+        for extra, said in bad:
+            with pytest.raises(Exception, match=re.escape(said)) as err:
+                client.create_alert_rule({"name": "x", "kind": "run_failed", **extra})
+            assert getattr(err.value, "status", 422) == 422
+        client.put_connection("api", "http", {"base_url": "http://127.0.0.1:9"})
+        with pytest.raises(Exception, match=r"channels\[0\]: connection 'api' is of type http"):
+            client.create_alert_rule({"name": "x", "kind": "run_failed", "channels": ["api"]})
+
+        rule = client.create_alert_rule({
+            "name": "boom to people", "kind": "run_failed", "pipeline_id": "boom",
+            "channels": ["team-hook", "mail"], "recipients": ["oncall@example.org"],
+            "subject": "{{ alert.severity }} on {{ alert.pipeline_id }}: {{ alert.title }}",
+            "body": "{{ alert.message }} (runs: {{ alert.evidence }}, alert {{ alert.id }})",
+        })  # fmt: skip
+        assert rule["channels"] == ["team-hook", "mail"]
+        failed = run(rt, client, "boom")
+        [alert] = of_rule(client, rule["id"])
+
+        def delivered():
+            notes = client.alert(alert["id"])["notifications"]
+            return len(notes) == 2 and all(n["status"] == "delivered" for n in notes) and notes
+
+        notes = eventually(delivered)
+        assert sorted(n["url"] for n in notes) == ["connection:mail", "connection:team-hook"]
+        subject = "medium on boom: boom: run failed"
+        text = f"{alert['message']} (runs: {failed['id']}, alert {alert['id']})"
+        [hooked] = receiver.at(hook_path)
+        assert json.loads(hooked["body"]) == {"text": f"*{subject}*\n{text}"}
+        [mail] = box.messages
+        assert mail["to"] == ["oncall@example.org"] and mail["user"] == "mailer"
+        assert mail["message"]["Subject"] == subject
+        assert mail["message"].get_content().strip() == text
+        # The channel's secrets are in no answer.
+        answers = json.dumps([client.alert(alert["id"]), client.alert_rules(), client.connections()])
+        assert hook_path not in answers and PASSWORD not in answers
+
+        # A receiver that answers 404 is told once (no retry mends it), a 503 is retried.
+        receiver.plan[hook_path] = [404]
+        client.put_connection("team-hook", "webhook", {}, {"url": receiver.url(hook_path)})
+        client.resolve_alert(alert["id"], "ann")
+        run(rt, client, "boom")
+        [again] = of_rule(client, rule["id"], status="open")
+        note = eventually(lambda: [
+            n for n in client.alert(again["id"])["notifications"]
+            if n["url"] == "connection:team-hook" and n["status"] == "failed"
+        ])[0]  # fmt: skip
+        assert note["attempts"] == 1 and note["last_status_code"] == 404
+        assert "webhook channel team-hook answered HTTP 404" in note["last_error"]
+        assert hook_path not in json.dumps(note)

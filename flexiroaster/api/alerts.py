@@ -85,6 +85,10 @@ class RuleOut(_Out):
     window_runs: int | None
     severity: Severity
     webhooks: list[str]
+    channels: list[str] = Field(description="Stored smtp / webhook connections it notifies")
+    recipients: list[str]
+    subject: str | None = Field(description="Message subject template (null: the default)")
+    body: str | None = Field(description="Message text template (null: the default)")
     enabled: bool
     created_at: datetime
     updated_at: datetime

@@ -10,10 +10,10 @@ to the recipients, masked only in what the run records)."""
 from __future__ import annotations
 
 import smtplib
-import ssl
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
+from ..channels import smtp_session
 from ..errors import StageError
 from .base import StageContext, StageResult
 
@@ -145,26 +145,18 @@ def _email(
             text = text.replace(value, "***")
         return text
 
-    context = ssl.create_default_context()
-    smtp_class = smtplib.SMTP_SSL if tls == "ssl" else smtplib.SMTP
-    kwargs = {"context": context} if tls == "ssl" else {}
     try:
-        with smtp_class(**server, **kwargs) as smtp:
-            ctx.on_kill(smtp.close)  # a timeout or cancel closes the connection
-            if tls == "starttls":
-                smtp.starttls(context=context)
-            if login is not None:
-                try:
-                    smtp.login(*login)
-                except smtplib.SMTPAuthenticationError as exc:
-                    why = exc.smtp_error.decode(errors="replace") if exc.smtp_error else ""
-                    raise StageError(
-                        scrub(f"{name}: login as {login[0]!r} refused ({exc.smtp_code} {why})")
-                    ) from None
+        with smtp_session(
+            **server, tls=tls, login=login, opened=lambda smtp: ctx.on_kill(smtp.close)
+        ) as smtp:  # a timeout or cancel closes the connection
             ctx.check_cancelled()
             refused = smtp.send_message(msg)
-    except StageError:
-        raise
+    except smtplib.SMTPAuthenticationError as exc:
+        who = login[0] if login else ""
+        why = exc.smtp_error.decode(errors="replace") if exc.smtp_error else ""
+        raise StageError(
+            scrub(f"{name}: login as {who!r} refused ({exc.smtp_code} {why})")
+        ) from None
     except (OSError, smtplib.SMTPException) as exc:
         ctx.check_cancelled()
         raise StageError(scrub(f"{name}: {exc}")) from None
