@@ -17,6 +17,7 @@ PAGES = [
     st.Page("views/alerts.py", title="Alerts", icon="🚨", url_path="alerts"),
     st.Page("views/logs.py", title="Logs", icon="📜", url_path="logs"),
     st.Page("views/secrets.py", title="Secrets", icon="🔑", url_path="secrets"),
+    st.Page("views/connections.py", title="Connections", icon="🔌", url_path="connections"),
     st.Page("views/settings.py", title="Settings", icon="⚙️", url_path="settings"),
 ]
 

@@ -16,7 +16,7 @@ def frames(at) -> list:
 def test_every_page_renders_without_an_exception(ui_runtime):
     for page in (
         "dashboard", "pipelines", "executions", "schedules", "data", "insights", "alerts",
-        "logs", "secrets", "settings",
+        "logs", "secrets", "connections", "settings",
     ):  # fmt: skip
         at = app_test(f"views/{page}.py")
         assert not at.exception, (page, at.exception)

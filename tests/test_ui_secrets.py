@@ -4,11 +4,15 @@ value is nowhere in what they render, and errors of the API are shown. One Chrom
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
 from flexiroaster.errors import NotFound
 
-from .conftest import app_test
+from .conftest import app_test, free_port
 
 VALUE = "sk-live-5cQ8wPz3-planted"
 NEXT = "sk-live-7hN2rTy6-replaced"
@@ -145,3 +149,210 @@ def test_secrets_page_refuses_bad_keys_and_shows_the_apis_refusal(ui_runtime):
     at.button(key="sec_add").click().run()
     assert "TAKEN exists already" in texts(at.error)
     assert c.variable("TAKEN")["value"] == "v"
+
+
+TOKEN = "tok-conn-8Jd2Wq5Xv-planted"
+
+
+@contextlib.contextmanager
+def vendor_api():
+    """A loopback HTTP server answering 200 to `Bearer TOKEN` and 401 otherwise; yields its URL
+    and the Authorization headers it received."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the standard library's name)
+            seen.append(self.headers.get("Authorization") or "")
+            self.send_response(200 if seen[-1] == f"Bearer {TOKEN}" else 401)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+USES_API = """
+name: uses-api
+stages:
+  - id: items
+    type: input
+    config: {connection: vendor-api, endpoint: /items}
+"""
+
+
+def test_connections_page_adds_tests_changes_and_deletes_an_http_connection(ui_runtime):
+    _, c = ui_runtime
+    at = app_test("views/connections.py")
+    ok(at)
+    assert "No connection yet" in texts(at.markdown)
+    with vendor_api() as (url, seen):
+        at.text_input(key="cn_new_name").input("vendor-api")
+        at.selectbox(key="cn_new_type").select("http").run()
+        p = "cn_new_http_"
+        at.text_input(key=p + "base_url").input(url)
+        at.selectbox(key=p + "auth").select("bearer")
+        at.text_area(key=p + "headers").input("Accept: application/json")
+        at.text_input(key=p + "secret_token").input(TOKEN)
+        at.button(key="cn_test_form").click().run()  # before saving
+        ok(at)
+        assert seen == [f"Bearer {TOKEN}"]
+        assert "OK. The form's connection: reachable" in texts(at.success)
+        assert not c.connections()["total"]
+        at.button(key="cn_save").click().run()
+        ok(at)
+        assert "vendor-api (http) saved; secret fields stored: token" in texts(at.success)
+        saved = c.connection("vendor-api")
+        assert saved["secrets_set"] == ["token"] and saved["config"]["auth"] == "bearer"
+        assert saved["config"]["headers"] == {"Accept": "application/json"}
+        table = next(d.value for d in at.dataframe if "secrets set" in d.value.columns)
+        assert table.set_index("name").loc["vendor-api", "secrets set"] == "token"
+        assert TOKEN not in rendered(at) and url in rendered(at)
+
+        # the saved one, with its stored token (the box is empty: empty keeps it)
+        assert at.selectbox(key="cn_pick").value == "vendor-api"
+        assert at.text_input(key="cn_vendor-api_http_secret_token").value == ""
+        at.button(key="cn_test_saved").click().run()
+        ok(at)
+        assert seen[-1] == f"Bearer {TOKEN}"
+        assert "OK. Saved connection vendor-api: reachable" in texts(at.success)
+        assert "ms)" in texts(at.success)
+
+    # the server is gone: the same connection now fails its test, with the reason
+    at.button(key="cn_test_saved").click().run()
+    ok(at)
+    failed = texts(at.error)
+    assert "Not OK. Saved connection vendor-api" in failed and "ConnectError" in failed, failed
+    closed = f"http://127.0.0.1:{free_port()}"
+    at.text_input(key="cn_vendor-api_http_base_url").input(closed)
+    at.button(key="cn_save").click().run()
+    ok(at)
+    again = c.connection("vendor-api")
+    assert again["config"]["base_url"].rstrip("/") == closed and again["secrets_set"] == ["token"]
+    assert TOKEN not in rendered(at)
+
+    # a name the API refuses, a headers line the page cannot read
+    at.selectbox(key="cn_pick").select("(new connection)").run()
+    at.selectbox(key="cn_new_type").select("http").run()
+    assert at.text_input(key="cn_new_http_secret_token").value == ""  # cleared when saved
+    at.text_input(key="cn_new_name").input("Bad Name")
+    at.selectbox(key="cn_new_type").select("webhook").run()
+    at.text_input(key="cn_new_webhook_secret_url").input("http://127.0.0.1:9/hook")
+    at.button(key="cn_save").click().run()
+    ok(at)
+    assert "“Bad Name” is not a valid connection name" in texts(at.error)
+    at.text_input(key="cn_new_name").input("hook")
+    at.selectbox(key="cn_new_type").select("http").run()
+    at.text_input(key="cn_new_http_base_url").input("ftp://127.0.0.1/x")  # the API's 422
+    at.button(key="cn_save").click().run()
+    ok(at)
+    assert "hook not saved" in texts(at.error) and "base_url" in texts(at.error)
+    at.text_input(key="cn_new_name").input("other")
+    at.selectbox(key="cn_new_type").select("http").run()
+    at.text_input(key="cn_new_http_base_url").input(closed)
+    at.text_area(key="cn_new_http_headers").input("no colon here")
+    at.button(key="cn_save").click().run()
+    assert "headers, line 1" in texts(at.error)
+    assert [x["name"] for x in c.connections()["connections"]] == ["vendor-api"]
+
+    # delete: refused while a pipeline uses it, done once none does
+    c.create_pipeline(USES_API)
+    at.selectbox(key="cn_pick").select("vendor-api").run()
+    at.checkbox(key="cn_del_sure_vendor-api").check()
+    at.button(key="cn_delete").click().run()
+    ok(at)
+    assert "vendor-api not deleted" in texts(at.error) and "uses-api" in texts(at.error)
+    c.delete_pipeline("uses-api")
+    at.run()
+    at.checkbox(key="cn_del_sure_vendor-api").check()
+    at.button(key="cn_delete").click().run()
+    ok(at)
+    assert "Connection vendor-api deleted" in texts(at.success)
+    assert c.connections()["total"] == 0
+
+
+@pytest.mark.slow
+def test_a_secret_typed_in_chromium_is_saved_and_never_shown(tmp_path):
+    """`flexiroaster up` with an API token; a secret added through the Secrets page in Chromium
+    reaches the runtime, and neither it nor the token is in the page's text, HTML or inputs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from .conftest import sample_data_dir
+    from .test_ui_browser import ARGS, CHROMIUM, settle, wait_http
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium`")
+    from playwright.sync_api import sync_playwright
+
+    api_token = "api-tok-3Fh8Lq1Ws-planted"
+    data = tmp_path / "data"
+    sample_data_dir(data)
+    port, ui_port = free_port(), free_port()
+    env = {**os.environ, "FLEXIROASTER_DATA_DIR": str(data), "FLEXIROASTER_API_TOKEN": api_token}
+    env.pop("FLEXIROASTER_API_URL", None)
+    log = tmp_path / "up.log"
+    with log.open("w") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "flexiroaster", "up", "--port", str(port), "--ui-port",
+             str(ui_port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    api, app = f"http://127.0.0.1:{port}/api/v1", f"http://127.0.0.1:{ui_port}"
+    auth = {"Authorization": f"Bearer {api_token}"}
+    try:
+        wait_http(f"{app}/_stcore/health", up, log)
+        httpx.put(f"{api}/variables/REGION", json={"value": "eu-west-1", "secret": False},
+                  headers=auth).raise_for_status()  # fmt: skip
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(30_000)
+            page.goto(f"{app}/secrets")
+            page.get_by_text("Secrets and variables").first.wait_for()
+            settle(page)
+            key = page.get_by_label("Key", exact=True).filter(visible=True).first  # Add tab
+            key.fill("VENDOR_TOKEN")
+            key.press("Enter")
+            settle(page)
+            value = page.get_by_label("Value", exact=True).filter(visible=True).first
+            assert value.get_attribute("type") == "password"
+            value.fill(VALUE)
+            value.press("Enter")
+            settle(page)
+            page.get_by_role("button", name="Add").click()
+            page.get_by_text("Secret VENDOR_TOKEN saved").wait_for()
+            settle(page)
+            page.get_by_text("••••••").first.wait_for(state="attached")  # the grid's own cells
+            shown = page.inner_text("body")
+            html = page.content()
+            boxes = page.locator("input, textarea").evaluate_all("els => els.map(e => e.value)")
+            page.screenshot(path=str(tmp_path / "secrets.png"), full_page=True)
+            browser.close()
+        stored = httpx.get(f"{api}/variables/VENDOR_TOKEN").json()
+        assert stored["secret"] is True and stored["value"] is None
+        assert "VENDOR_TOKEN" in html and "eu-west-1" in html  # it did draw the table
+        assert boxes and "" in boxes
+        for text in (shown, html, "\n".join(boxes)):
+            assert VALUE not in text and api_token not in text
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
