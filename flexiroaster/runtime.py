@@ -81,7 +81,9 @@ class Runtime:
         new: bool = False,
     ) -> LoadedPipeline:
         """Validate pipeline text and store it as a new version (`new`: refuse an existing id)."""
-        pipeline = load_pipeline_text(text, source)
+        pipeline = load_pipeline_text(
+            text, source, data_dir=self.settings.data_dir, roots=self.settings.path_roots
+        )
         self.scheduler.check_yaml(pipeline.id, pipeline.name, pipeline.schedule)
         if new and self.store.has_pipeline(pipeline.id):
             raise Conflict(

@@ -721,11 +721,17 @@ def format_validation_error(
 
 
 def load_pipeline_text(
-    text: str, source: str = "<pipeline>", params: dict[str, Any] | None = None
+    text: str,
+    source: str = "<pipeline>",
+    params: dict[str, Any] | None = None,
+    *,
+    data_dir: Path | None = None,
+    roots: tuple[Path, ...] | None = None,
 ) -> Pipeline:
     """Parse and validate a pipeline document; every problem becomes a SpecError.
 
-    Placeholders must name a variable, a builtin or one of `params`.
+    Placeholders must name a variable, a builtin or one of `params`. With `data_dir` and
+    `roots`, file paths without placeholders must lie inside the roots (None: any path).
     """
     data, marks = parse_document(text, source)
     if not isinstance(data, dict):
@@ -742,7 +748,72 @@ def load_pipeline_text(
 
     check_graph(pipeline, source, marks)
     check_placeholders(pipeline, source, marks, params or {})
+    if data_dir is not None:
+        check_paths(pipeline, data_dir, roots, source, marks)
     return pipeline
+
+
+# --- file paths and the data roots ----------------------------------------------------------
+
+
+def data_path(path: str, data_dir: Path) -> Path:
+    """A stage's file path as the runtime opens it: `~` expanded, relative to the data dir."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else Path(data_dir) / p
+
+
+def outside_roots(path: Path, roots: tuple[Path, ...] | None) -> bool:
+    """Whether `path`, with symlinks and `..` resolved, lies outside every root (None: any
+    path is allowed). Glob characters resolve as plain names, so a pattern is judged by its
+    directories; its matches are judged one by one where they are read."""
+    if roots is None:
+        return False
+    try:
+        real = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        return True
+    return not any(real.is_relative_to(root) for root in roots)
+
+
+def roots_text(roots: tuple[Path, ...]) -> str:
+    return ", ".join(str(r) for r in roots)
+
+
+def path_refusal(what: str, path: str, roots: tuple[Path, ...]) -> str:
+    return (
+        f"{what} {short(path, 120)} is outside the data roots ({roots_text(roots)}); add its"
+        " directory to FLEXIROASTER_DATA_ROOTS, or set FLEXIROASTER_ALLOW_ANY_PATH=true"
+    )
+
+
+def check_paths(
+    pipeline: Pipeline,
+    data_dir: Path,
+    roots: tuple[Path, ...] | None,
+    source: str = "<pipeline>",
+    marks: Marks | None = None,
+) -> None:
+    """File paths of input and output stages that hold no placeholder must lie inside the
+    data roots; a path with placeholders is checked when a run fills them in."""
+    if roots is None:
+        return
+    problems = []
+    for i, stage in enumerate(pipeline.stages):
+        field = {"input": "source", "output": "path"}.get(stage.type)
+        value = getattr(stage.config, field, None) if field else None
+        if not isinstance(value, str) or "{{" in value:
+            continue
+        if outside_roots(data_path(value, data_dir), roots):
+            loc = ("stages", i, "config", field)
+            line = marks.line_of(loc) if marks else None
+            where = f"{source} line {line}" if line else source
+            what = f"stage {stage.id!r}: `{field}`"
+            problems.append(f"{loc_text(loc)}: {path_refusal(what, value, roots)} ({where})")
+    if problems:
+        raise SpecError(
+            f"{source}: {len(problems)} file path(s) outside the data roots",
+            details=capped(problems),
+        )
 
 
 def check_placeholders(

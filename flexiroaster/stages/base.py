@@ -46,6 +46,8 @@ class StageContext:
     created_rows: int | None = None  # rows of the last table create_relation made
     # name -> the run's resolved connection (secrets decrypted); set by the engine
     connections: dict[str, Connection] = field(default_factory=dict, repr=False)
+    # Where file paths may point (Settings.path_roots): () the data dir alone, None any path
+    path_roots: tuple[Path, ...] | None = ()
     _killers: list[Callable[[], None]] = field(default_factory=list)
     _cursor: duckdb.DuckDBPyConnection | None = None
     _killed: threading.Event = field(default_factory=threading.Event)
@@ -193,9 +195,30 @@ class StageContext:
         rel = self.cursor.sql(sql, params=self.params_for(sql))
         return list(zip(rel.columns, [str(t) for t in rel.types], strict=True))
 
-    def resolve_path(self, path: str) -> Path:
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else self.data_dir / p
+    @property
+    def roots(self) -> tuple[Path, ...] | None:
+        return self.path_roots if self.path_roots != () else (self.data_dir.resolve(),)
+
+    def resolve_path(self, path: str, what: str = "path") -> Path:
+        """`path` relative to the data dir; a StageError if it resolves (symlinks and `..`
+        followed) outside the data roots."""
+        from ..spec import data_path, outside_roots, path_refusal
+
+        p = data_path(path, self.data_dir)
+        roots = self.roots
+        if roots is not None and outside_roots(p, roots):
+            raise StageError(path_refusal(f"stage {self.stage.id!r}: `{what}`", path, roots))
+        return p
+
+    def check_inside_roots(self, found: Path, what: str) -> None:
+        """A file a pattern matched must resolve inside the roots too (a symlink out of them)."""
+        from ..spec import outside_roots, path_refusal
+
+        roots = self.roots
+        if roots is not None and outside_roots(found, roots):
+            raise StageError(
+                path_refusal(f"stage {self.stage.id!r}: `{what}` matched", str(found), roots)
+            )
 
     def target_table(self, name: str) -> str:
         """A user table name (`t` or `schema.t`) qualified in the store's catalog."""

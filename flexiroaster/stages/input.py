@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+from pathlib import Path
 
 from ..errors import StageError
 from ..template import quote_ident
@@ -59,11 +60,13 @@ def run(ctx: StageContext) -> StageResult:
         ctx.create_relation(f"SELECT * FROM {table}", lazy=False)
         return StageResult(ctx.output_name, ctx.count(ctx.output_name))
 
-    path = str(ctx.resolve_path(cfg.source))
+    path = str(ctx.resolve_path(cfg.source, "source"))
     fmt = _format_of(cfg.source, cfg.format)
-    matches = sorted(glob.glob(path))
+    matches = sorted(glob.glob(path, recursive=True))
     if not matches:
         raise StageError(f"no file matches {cfg.source!r} (looked for {path})")
+    for match in matches:  # DuckDB reads these names as given, following their symlinks
+        ctx.check_inside_roots(Path(match), "source")
     options = dict(cfg.options)
     if fmt == "ndjson":
         options.setdefault("format", "newline_delimited")

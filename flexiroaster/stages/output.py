@@ -83,7 +83,7 @@ def _write_table(ctx: StageContext, source: str) -> tuple[int, dict]:
 
 def _write_file(ctx: StageContext, source: str) -> tuple[int, dict]:
     cfg = ctx.config
-    path = ctx.resolve_path(cfg.path)
+    path = ctx.resolve_path(cfg.path, "path")
     fmt = cfg.format
     if fmt == "auto":
         fmt = FILE_FORMATS.get(path.suffix.lower())
