@@ -23,7 +23,7 @@ from typing import Any
 from .connections import mask_values
 from .engine import _run_stage, run_scope
 from .errors import StageError, StageTimeout
-from .secrets import Masker
+from .secrets import Masker, Variables, references
 from .settings import Settings
 from .spec import Pipeline
 from .stages import StageContext
@@ -48,6 +48,8 @@ def needs_store(stage: Any) -> bool:
     cfg = stage.config
     if getattr(cfg, "connection", None):
         return True  # a stored connection's secrets are decrypted in the runtime alone
+    if any(references(cfg.model_dump()).values()):
+        return True  # so are stored variables and secrets (`{{ secrets.X }}`, `{{ vars.X }}`)
     if stage.type == "input":
         return cfg.table is not None
     if stage.type == "output":
@@ -77,6 +79,18 @@ def stage_file(warehouse: Path, run_id: str, stage_id: str) -> Path:
     return warehouse / run_id / f"{safe}.parquet"
 
 
+def _variables(store: Store, settings: Settings, stage: Any) -> dict[str, dict[str, str]]:
+    """The stored variables and secrets the stage references (an unknown one is an error)."""
+    refs = references(stage.config.model_dump())
+    if not any(refs.values()):
+        return {"secrets": {}, "vars": {}}
+    found = Variables(store, settings).resolve(refs)
+    missing = [f"{k}.{n}" for k, names in refs.items() for n in sorted(names) if n not in found[k]]
+    if missing:
+        raise StageError(f"stage {stage.id}: no stored {', '.join(missing)}")
+    return found
+
+
 def _sql_str(text: str) -> str:
     return text.replace("'", "''")
 
@@ -101,7 +115,10 @@ def run_one_stage(
         raise StageError(f"pipeline {pipeline.name} has no stage {stage_id!r}")
     logs: list[tuple[str, str]] = []
     conns = _connections(store, settings, pipeline, stage)
-    mask = Masker([v for c in conns.values() for v in mask_values(c.secrets)])
+    stored = _variables(store, settings, stage)
+    mask = Masker(
+        [*(v for c in conns.values() for v in mask_values(c.secrets)), *stored["secrets"].values()]
+    )
 
     def logger(level: str, message: str) -> None:
         message = mask(message)
@@ -129,7 +146,7 @@ def run_one_stage(
             run_id=run_id, pipeline=pipeline, stage=stage, config=None,
             sql_params=sql_params.values, inputs=inputs, store=store, schema=schema,
             data_dir=Path(settings.data_dir), logger=logger, cancel=threading.Event(),
-            scope=run_scope(pipeline, params, run_id, stands_for, settings),
+            scope=run_scope(pipeline, params, run_id, stands_for, settings) | stored,
             rows_in=rows_in if inputs else None, connections=conns,
         )  # fmt: skip
         timeout = stage.timeout or settings.default_timeout

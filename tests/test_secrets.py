@@ -179,3 +179,36 @@ class _Stdin:
 
     def read(self) -> str:
         return self.text
+
+
+def test_airflow_stages_mode_runs_stages_using_secrets_in_the_runtime(engine, store, settings, tmp_path):
+    """Only the runtime holds the key: a stage referencing secrets or vars is one the runtime
+    runs for the Airflow task (stage_runner.needs_store), with them resolved and masked."""
+    from datetime import UTC, datetime
+
+    import pyarrow.parquet as pq
+
+    from flexiroaster.errors import StageError
+    from flexiroaster.stage_runner import needs_store, run_one_stage
+
+    engine.variables.put("API_TOKEN", VALUE, secret=True)
+    engine.variables.put("REGION", "eu-west-1", secret=False)
+    p = pipeline(
+        """
+        name: stages-secrets
+        stages:
+          - {id: q, type: sql, config: {query: "select {{ vars.REGION }} as region, length({{ secrets.API_TOKEN }}) as n"}}
+          - {id: say, type: shell, config: {command: "echo token={{ secrets.API_TOKEN }}; exit 2"}}
+          - {id: gone, type: sql, config: {query: "select {{ secrets.NOT_THERE }} as x"}}
+          - {id: plain, type: sql, config: {query: "select 1 as x"}}
+        """
+    )
+    assert [needs_store(s) for s in p.stages] == [True, True, True, False]
+    kw = dict(run_id="r1", params={}, stands_for=datetime.now(UTC), warehouse=tmp_path)
+    done = run_one_stage(store, settings, p, "q", **kw)
+    assert pq.read_table(done.output).to_pylist() == [{"region": "eu-west-1", "n": len(VALUE)}]
+    with pytest.raises(StageError) as err:
+        run_one_stage(store, settings, p, "say", **kw)
+    assert VALUE not in str(err.value)
+    with pytest.raises(StageError, match="stage gone: no stored secrets.NOT_THERE"):
+        run_one_stage(store, settings, p, "gone", **kw)
