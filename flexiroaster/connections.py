@@ -313,7 +313,18 @@ class Connections:
                 f"connection {name} is used by pipeline(s) {', '.join(users)}; remove it from"
                 " their stages first"
             )
+        rules = self.alert_rules_using(name)
+        if rules:
+            raise Conflict(
+                f"connection {name} is a channel of alert rule(s) {', '.join(rules)}; remove it"
+                " from their channels first"
+            )
         self.store.delete_rows("connections", "name = ?", [name])
+
+    def alert_rules_using(self, name: str) -> list[str]:
+        """Ids of the alert rules that send through the connection (their `channels`)."""
+        rules = self.store.rows("alert_rules", order="id")
+        return [r["id"] for r in rules if name in (r.get("channels") or [])]
 
     def usage(self) -> dict[str, list[str]]:
         """Connection name -> ids of the stored pipelines whose stages use it."""

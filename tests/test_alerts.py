@@ -717,3 +717,6 @@ def test_channels_send_the_rules_templates_through_stored_webhook_and_smtp_conne
         assert note["attempts"] == 1 and note["last_status_code"] == 404
         assert "webhook channel team-hook answered HTTP 404" in note["last_error"]
         assert hook_path not in json.dumps(note)
+        # A channel in use is not deleted from under its rule.
+        with pytest.raises(Conflict, match="channel of alert rule.*boom-to-people"):
+            client.delete_connection("team-hook")
