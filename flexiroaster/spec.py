@@ -807,11 +807,15 @@ def check_paths(
             loc = ("stages", i, "config", field)
             line = marks.line_of(loc) if marks else None
             where = f"{source} line {line}" if line else source
-            what = f"stage {stage.id!r}: `{field}`"
-            problems.append(f"{loc_text(loc)}: {path_refusal(what, value, roots)} ({where})")
+            problems.append(
+                f"{loc_text(loc)}: stage {stage.id!r}: `{field}` {short(value, 100)} is outside"
+                f" the data roots ({where})"
+            )
     if problems:
         raise SpecError(
-            f"{source}: {len(problems)} file path(s) outside the data roots",
+            f"{source}: {len(problems)} file path(s) outside the data roots"
+            f" ({roots_text(roots)}); add their directories to FLEXIROASTER_DATA_ROOTS, or set"
+            " FLEXIROASTER_ALLOW_ANY_PATH=true",
             details=capped(problems),
         )
 
