@@ -356,3 +356,55 @@ def test_a_secret_typed_in_chromium_is_saved_and_never_shown(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(up.pid, signal.SIGKILL)
             up.wait()
+
+
+def test_connections_page_keeps_replaces_and_removes_secret_fields(ui_runtime):
+    _, c = ui_runtime
+    at = app_test("views/connections.py")
+    at.text_input(key="cn_new_name").input("warehouse")
+    at.selectbox(key="cn_new_type").select("postgres").run()
+    p = "cn_new_postgres_"
+    at.text_input(key=p + "host").input("127.0.0.1")
+    at.number_input(key=p + "port").set_value(free_port())
+    at.text_input(key=p + "database").input("dw")
+    at.text_input(key=p + "user").input("etl")
+    at.text_area(key=p + "options").input("sslmode: disable\napplication_name: flexi")
+    at.text_input(key=p + "secret_password").input(VALUE)
+    at.button(key="cn_save").click().run()
+    ok(at)
+    saved = c.connection("warehouse")
+    assert saved["secrets_set"] == ["password"]
+    assert saved["config"]["options"] == {"sslmode": "disable", "application_name": "flexi"}
+    assert VALUE not in rendered(at)
+
+    # the form before saving: nothing listens on that port, so not ok, with the reason
+    at.button(key="cn_test_form").click().run()
+    ok(at)
+    assert "Not OK. The form's connection" in texts(at.error)
+
+    # a description changed with the secret box left empty keeps the password
+    p = "cn_warehouse_postgres_"
+    assert at.text_area(key=p + "options").value == "sslmode: disable\napplication_name: flexi"
+    at.text_input(key=p + "description").input("the warehouse")
+    at.button(key="cn_save").click().run()
+    ok(at)
+    saved = c.connection("warehouse")
+    assert saved["description"] == "the warehouse" and saved["secrets_set"] == ["password"]
+    # ticking "remove" drops it
+    at.checkbox(key=p + "remove_password").check()
+    at.button(key="cn_save").click().run()
+    ok(at)
+    assert c.connection("warehouse")["secrets_set"] == []
+    assert "secret fields stored: none" in texts(at.success)
+    assert p + "remove_password" not in [cb.key for cb in at.checkbox]  # nothing left to remove
+
+    # a webhook's only setting is its secret URL
+    at.selectbox(key="cn_pick").select("(new connection)").run()
+    at.text_input(key="cn_new_name").input("chat")
+    at.selectbox(key="cn_new_type").select("webhook").run()
+    at.text_input(key="cn_new_webhook_secret_url").input(f"http://127.0.0.1:9/hook/{VALUE}")
+    at.button(key="cn_save").click().run()
+    ok(at)
+    assert c.connection("chat")["secrets_set"] == ["url"]
+    page = rendered(at)
+    assert VALUE not in page and "warehouse" in page and "chat" in page
