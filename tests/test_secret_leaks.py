@@ -325,6 +325,11 @@ def test_planted_secrets_are_nowhere_in_store_logs_api_or_pages(tmp_path, monkey
             assert not any(json.loads(t)["ok"] for t in tested.values()), tested
             for text in (SHELL, SQL, PYTHON, CONNECTED):
                 c.create_pipeline(text)
+            rule = c.create_alert_rule(
+                {"name": "leak channels", "kind": "run_failed", "pipeline_id": "leak-connections",
+                 "severity": "high", "channels": ["chat", "mailer"],
+                 "recipients": ["ops@example.com"]}
+            )  # fmt: skip
             hook = c.create_schedule(
                 name="leak hook", pipeline_id="leak-shell", type="webhook",
                 expression="leak-hook", secret=HOOK_SECRET,
@@ -351,6 +356,15 @@ def test_planted_secrets_are_nowhere_in_store_logs_api_or_pages(tmp_path, monkey
                 assert time.monotonic() < deadline, "no run-failed alert for the failed runs"
                 time.sleep(0.1)
             c.recompute_insights()
+            deadline = time.monotonic() + 30  # its channels tried (and failed) to send it
+            while not (
+                (sent := c.alerts(rule_id=rule["id"])["alerts"])
+                and len(tried := [n for n in c.alert(sent[0]["id"])["notifications"]
+                                  if n["attempts"]]) >= 2
+            ):  # fmt: skip
+                assert time.monotonic() < deadline, "the channels were not tried"
+                time.sleep(0.2)
+            assert all(n["last_error"] for n in tried), tried
 
             ids = {
                 "pipeline_id": [p["id"] for p in c.pipelines(limit=1000)["pipelines"]],
