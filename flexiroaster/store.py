@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterable, Iterator
@@ -35,6 +36,50 @@ from .states import RunStatus
 
 log = logging.getLogger(__name__)
 _META = re.compile(r"\bflexiroaster\.")
+# What DuckDB says when the file system refuses a write (full, read-only, permissions, I/O).
+_WRITE_FAILED = re.compile(
+    r"could not write|no space left|read-only file system|permission denied|input/output error"
+    r"|disk quota|failed to commit|could not (?:open|create|truncate|sync|fsync)",
+    re.IGNORECASE,
+)
+# Free space a degraded store wants before it tries a write again (a tiny write can fit in the
+# last page of a file on a full disk and would pass for a recovery).
+_RESUME_FREE_BYTES = 1 << 20
+
+
+class StoreUnavailable(FlexiError):
+    """The store cannot write (disk full, read-only or failing file system): nothing new is
+    accepted until it can; what is stored stays readable."""
+
+    status = 503
+    code = "store_unavailable"
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    if isinstance(exc, OSError | duckdb.IOException):
+        return True
+    return isinstance(exc, duckdb.Error) and bool(_WRITE_FAILED.search(str(exc)))
+
+
+def check_writable(folder: Path, store: Path) -> None:
+    """Fail at once, naming the folder, when the store's folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".flexiroaster-write-check-{os.getpid()}"
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"x")
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StoreUnavailable(
+            f"the data directory {folder} is not writable ({exc.strerror or exc}); the store"
+            f" {store} lives there and must be written. Make the directory writable by this user"
+            " (or free space on its file system), or point FLEXIROASTER_DATA_DIR /"
+            " FLEXIROASTER_STORE_PATH elsewhere."
+        ) from None
 
 RECOVERY_REASON = "runtime stopped during the run"
 HELD_RECOVERY_REASON = "runtime stopped while the run was held"
@@ -246,7 +291,7 @@ class Store:
 
     def __init__(self, path: str | Path, *, flush_interval: float = 0.2):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(self.path.parent, self.path)
         try:
             # No extension is downloaded behind the user's back (e.g. by a /query that names a
             # URL): what a pipeline needs is installed on purpose. The allocator hands memory a
@@ -285,6 +330,8 @@ class Store:
         # Stored pipelines, read through: this store is their only writer.
         self._pipelines: dict[str, PipelineRecord] = {}
         self._closed = threading.Event()
+        # Why writes fail (disk full, read-only ...), or None; cleared by the next good write.
+        self.degraded: str | None = None
         self.recovered = self._recover()
         self._flush_interval = flush_interval
         self._flusher = threading.Thread(target=self._flush_loop, name="store-flush", daemon=True)
@@ -317,15 +364,72 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One write transaction; a write the file system refuses marks the store degraded and
+        raises StoreUnavailable (a failed COMMIT has already rolled back)."""
         with self._write_lock:
             cur = self.cursor()
             self._exec(cur, "BEGIN")
             try:
                 yield cur
-            except BaseException:
+            except BaseException as exc:
                 self._exec(cur, "ROLLBACK")
+                if isinstance(exc, Exception) and _is_write_failure(exc):
+                    raise self._write_failed(exc) from None
                 raise
-            self._exec(cur, "COMMIT")
+            try:
+                self._exec(cur, "COMMIT")
+            except Exception as exc:
+                if _is_write_failure(exc):
+                    raise self._write_failed(exc) from None
+                raise
+            self._write_ok()
+
+    # --- write failures -----------------------------------------------------------------
+
+    def _write_failed(self, exc: BaseException) -> StoreUnavailable:
+        """Mark the store degraded (logged once per outage); the error to raise."""
+        reason = f"the store {self.path} cannot be written: {exc}"
+        with self._buf_lock:
+            first, self.degraded = self.degraded is None, reason
+        if first:
+            log.error("%s; new runs are refused until writes succeed again", reason)
+        return StoreUnavailable(
+            f"{reason}. Stored runs stay readable; new runs are refused until writes succeed"
+            " again (free space or fix the file system: the runtime retries on its own)."
+        )
+
+    def _write_ok(self) -> None:
+        if self.degraded is not None:
+            with self._buf_lock:
+                was, self.degraded = self.degraded, None
+            if was is not None:
+                log.warning("the store %s writes again; accepting new runs", self.path)
+
+    def check_writes(self) -> None:
+        """Raise StoreUnavailable while writes fail (what refuses new runs)."""
+        reason = self.degraded
+        if reason is not None:
+            raise StoreUnavailable(
+                f"{reason}. New runs are refused until writes succeed again; stored runs stay"
+                " readable."
+            )
+
+    def _room(self) -> bool:
+        """Whether the store's file system has room for writes to be worth trying again."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return True
+        return st.f_bavail * st.f_frsize >= _RESUME_FREE_BYTES
+
+    def _probe(self) -> None:
+        """While degraded with nothing queued: a small real write tells whether writes work."""
+        with self.transaction() as cur:
+            self._exec(
+                cur,
+                "UPDATE flexiroaster.schema_version SET applied_at = applied_at"
+                " WHERE version = (SELECT max(version) FROM flexiroaster.schema_version)",
+            )
 
     def _migrate(self) -> None:
         con = self._con
@@ -360,14 +464,13 @@ class Store:
         """Mark runs a dead process left unfinished as failed; returns their ids."""
         active = [s.value for s in RunStatus if s not in RunStatus.terminal()]
         with self.transaction() as cur:
-            ids = [
-                r[0]
-                for r in self._exec(
-                    cur,
-                    "SELECT id FROM flexiroaster.executions WHERE status IN (SELECT unnest(?))",
-                    [active],
-                ).fetchall()
-            ]
+            found = self._exec(
+                cur,
+                "SELECT id, status FROM flexiroaster.executions WHERE status IN (SELECT unnest(?))",
+                [active],
+            ).fetchall()
+            ids = [r[0] for r in found]
+            held = [r[0] for r in found if r[1] == RunStatus.HELD]
             if not ids:
                 return []
             # A held run never started: it did not fail, so it must not count as a failure.
@@ -379,12 +482,14 @@ class Store:
                 " WHERE id IN (SELECT unnest(?))",
                 [HELD_RECOVERY_REASON, RECOVERY_REASON, now(), ids],
             )
+            # The stages of a held run never ran either: they carry the held run's reason.
             self._exec(
                 cur,
                 "UPDATE flexiroaster.stage_executions SET status = CASE WHEN status IN ('running', 'retrying')"
-                " THEN 'failed' ELSE 'skipped' END, error = ?, completed_at = ?"
+                " THEN 'failed' ELSE 'skipped' END,"
+                " error = CASE WHEN execution_id IN (SELECT unnest(?)) THEN ? ELSE ? END, completed_at = ?"
                 " WHERE execution_id IN (SELECT unnest(?)) AND status IN ('pending', 'running', 'retrying')",
-                [RECOVERY_REASON, now(), ids],
+                [held, HELD_RECOVERY_REASON, RECOVERY_REASON, now(), ids],
             )
         log.warning("marked %d interrupted run(s) failed: %s", len(ids), ", ".join(ids))
         return ids
@@ -397,7 +502,10 @@ class Store:
             self._new_ready.notify()
         self._inserter.join(timeout=5)
         self._flusher.join(timeout=5)
-        self.flush()
+        try:
+            self.flush()
+        except StoreUnavailable:  # what could not be written is what a crash would lose
+            log.error("closing the store with unwritten changes: %s", self.degraded)
         # Close every per-thread cursor here, in this thread: one left to the interpreter's
         # exit can be torn down under a dying thread and abort the process.
         with self._buf_lock:
@@ -415,6 +523,10 @@ class Store:
         while not self._closed.wait(self._flush_interval):
             try:
                 self.flush()
+                if self.degraded is not None and not self._flush_lock.locked():
+                    self._probe()
+            except StoreUnavailable:  # logged once when it began; retried every interval
+                pass
             except Exception:  # keep flushing; the next flush retries the same rows
                 log.exception("store flush failed")
 
@@ -508,12 +620,15 @@ class Store:
         New runs are not written here but by the insert writer (see insert_execution_async);
         no change to a row is queued before its insert has committed.
         """
+        if self.degraded is not None and not self._room():
+            self.check_writes()  # no use trying: a write that fits a file's last page would pass
         with self._flush_lock:
             self._flush()
 
     def _settle(self) -> None:
         """Before a read: commit what is queued, or wait for the flush that took it. (Checked in
-        this order: a flush holds its lock from before it takes the queue until it commits.)"""
+        this order: a flush holds its lock from before it takes the queue until it commits.)
+        While writes fail, reads answer from what is committed: nothing queued is shown."""
         if (
             self._exec_buf
             or self._stage_buf
@@ -521,7 +636,10 @@ class Store:
             or self._audit_buf
             or self._flush_lock.locked()
         ):
-            self.flush()
+            try:
+                self.flush()
+            except StoreUnavailable:
+                pass
 
     def _flush(self) -> None:
         with self._buf_lock:
@@ -574,9 +692,11 @@ class Store:
                     raise
                 self._exec(cur, "COMMIT")
             except Exception as exc:  # every caller in the batch is told; none is written
+                err = self._write_failed(exc) if _is_write_failure(exc) else exc
                 for _run, _stages, fut in batch:
-                    fut.set_exception(exc)
+                    fut.set_exception(err)
             else:
+                self._write_ok()
                 for _run, _stages, fut in batch:
                     fut.set_result(None)
 
@@ -648,6 +768,7 @@ class Store:
         fut: Future[None] = Future()
         snap = replace(rec, params=dict(rec.params))
         stage_snaps = [replace(s, metrics=dict(s.metrics)) for s in stages]
+        self.check_writes()
         with self._new_ready:
             if self._closed.is_set():
                 raise FlexiError("the store is closed")

@@ -13,10 +13,12 @@ from ..runtime import Runtime
 from ..states import RunStatus
 from .deps import MAX_OFFSET, require_token, runtime
 from .errors import documented
-from .models import ExecutionList, ExecutionOut, IsoTime, LogList, LogOut, TriggerIn
+from .models import ErrorOut, ExecutionList, ExecutionOut, IsoTime, LogList, LogOut, TriggerIn
 
 router = APIRouter(prefix="/executions", tags=["executions"])
 LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
+# New runs are refused while the store cannot write (disk full, read-only file system).
+UNWRITABLE = {503: {"model": ErrorOut, "description": "The store cannot write: no new run"}}
 
 
 def _fresh(rt: Runtime, rec: ExecutionRecord) -> ExecutionRecord:
@@ -38,12 +40,13 @@ def _fresh(rt: Runtime, rec: ExecutionRecord) -> ExecutionRecord:
     "",
     status_code=202,
     response_model=ExecutionOut,
-    responses=documented(400, 401, 404, 413, 422),
+    responses=documented(400, 401, 404, 413, 422) | UNWRITABLE,
     dependencies=[Depends(require_token)],
 )
 async def trigger(body: TriggerIn, rt: Runtime = Depends(runtime)) -> ExecutionOut:
     """Start a run of a stored pipeline with parameters; it is queued while the pipeline is at
-    its `max_active_runs`. Answers once the run is committed to the store."""
+    its `max_active_runs`. Answers once the run is committed to the store; 503 while the store
+    cannot write (the body says why)."""
     # On the event loop: everything here is in memory except the commit, which is awaited
     # (the audit entry is queued and written with the next flush).
     rec = await rt.trigger_async(body.pipeline_id, body.params, trigger="api")
@@ -121,7 +124,7 @@ def delete_execution(execution_id: str, rt: Runtime = Depends(runtime)) -> Execu
     "/{execution_id}/retry",
     status_code=202,
     response_model=ExecutionOut,
-    responses=documented(401, 404, 409, 422),
+    responses=documented(401, 404, 409, 422) | UNWRITABLE,
     dependencies=[Depends(require_token)],
 )
 def retry(execution_id: str, rt: Runtime = Depends(runtime)) -> ExecutionOut:

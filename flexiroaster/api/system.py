@@ -28,9 +28,17 @@ def health(rt: Runtime = Depends(runtime)) -> Any:
             "status": "ok",
             "path": str(rt.store.path),
             "latency_ms": round((time.perf_counter() - t0) * 1000, 2),
+            "writable": True,
         }
     except Exception as exc:  # reported, not raised: this endpoint says what is wrong
         components["store"] = {"status": "error", "detail": str(exc)}
+    degraded = rt.store.degraded
+    if degraded is not None:  # readable, but writes fail: new runs are refused
+        components["store"] |= {
+            "status": "error",
+            "writable": False,
+            "detail": f"{degraded}; new runs are refused until writes succeed again",
+        }
     engine_ok = not rt.closed and not rt.engine.pool._shutdown
     components["engine"] = {
         "status": "ok" if engine_ok else "error",
