@@ -65,9 +65,11 @@ def prune(
     pause: float = PAUSE,
     stop: threading.Event | None = None,
     checkpoint: bool = True,
+    on_pruned: Callable[[list[str]], None] | None = None,
 ) -> PruneResult:
     """Delete finished runs that completed before `cutoff` (never a held, pending or running one,
-    nor any id `keep()` names: the engine's active runs), `batch` runs per transaction."""
+    nor any id `keep()` names: the engine's active runs), `batch` runs per transaction;
+    `on_pruned` gets the ids of each committed batch."""
     t0 = time.perf_counter()
     started = now()
     size_before = store_bytes(store.path)
@@ -108,6 +110,8 @@ def prune(
             ).fetchall()[0][0]
         took = time.perf_counter() - b0
         batches, longest = batches + 1, max(longest, took)
+        if on_pruned is not None and gone:
+            on_pruned(gone)
         if len(ids) < batch or not gone:
             break
         time.sleep(pause)
@@ -194,11 +198,21 @@ class Retention:
     def run_once(self) -> PruneResult:
         """Prune what is older than the cutoff now (what the thread does each time)."""
         result = prune(
-            self.rt.store, self.cutoff(), keep=self.rt.engine.active, stop=self._stop
-        )
+            self.rt.store, self.cutoff(), keep=self.rt.engine.active, stop=self._stop,
+            on_pruned=self._remove_work,
+        )  # fmt: skip
         self.last = result
         self.total_runs += result.runs
         return result
+
+    def _remove_work(self, ids: list[str]) -> None:
+        """The outputs a failed run kept for its retry (DATA_DIR/work/<run id>) go with it."""
+        import shutil
+
+        for rid in ids:
+            path = self.rt.engine.work_dir(rid)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
 
     def start(self) -> None:
         if not self.enabled or self._thread is not None:

@@ -164,6 +164,11 @@ def test_old_finished_runs_go_with_all_their_rows_newer_and_unfinished_ones_stay
     alert(store, "a-open", "open", t - timedelta(days=10), {"n3": "pending", "n4": "delivered"})
     alert(store, "a-new", "resolved", t - timedelta(days=1), {"n5": "delivered"})
     kept = set(unfinished + new)
+    # a failed run keeps the outputs its retry would reuse under DATA_DIR/work/<run id>
+    work = {rid: rt.engine.work_dir(rid) for rid in (old[20], new[0])}
+    for path in work.values():
+        path.mkdir(parents=True)
+        (path / "extract.parquet").write_bytes(b"PAR1")
     before = {tb: store.count(tb) for tb in ("stage_executions", "logs", "airflow_callbacks")}
 
     result = rt.retention.run_once()
@@ -173,6 +178,7 @@ def test_old_finished_runs_go_with_all_their_rows_newer_and_unfinished_ones_stay
     for table in ("stage_executions", "logs", "airflow_callbacks"):
         assert ids_in(store, table) == kept, table
     assert ids_in(store, "executions", "id") == kept
+    assert not work[old[20]].exists() and work[new[0]].is_dir()
     after = {tb: store.count(tb) for tb in before}
     assert after == {"stage_executions": 2 * len(kept), "logs": 3 * len(kept),
                      "airflow_callbacks": len(kept)}  # fmt: skip
