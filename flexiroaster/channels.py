@@ -153,7 +153,9 @@ def deliver(
 
 
 def _scrubber(conn: Connection) -> Any:
-    values = sorted((v for v in conn.secrets.values() if v), key=len, reverse=True)
+    from .connections import mask_values
+
+    values = sorted(set(mask_values(conn.secrets, conn.config)), key=len, reverse=True)
 
     def scrub(text: str) -> str:
         for v in values:

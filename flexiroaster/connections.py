@@ -46,7 +46,7 @@ class Connection:
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
 
     def masker(self) -> Masker:
-        return Masker(mask_values(self.secrets))
+        return Masker(mask_values(self.secrets, self.config))
 
 
 @dataclass(frozen=True)
@@ -148,11 +148,29 @@ def needed_secrets(kind: ConnectionType, config: dict[str, Any]) -> set[str]:
     return set()
 
 
-def mask_values(secrets: dict[str, str]) -> list[str]:
-    """A connection's secret values as they could surface: plain, and URL-quoted (in a URI)."""
+def mask_values(secrets: dict[str, str], config: dict[str, Any] | None = None) -> list[str]:
+    """A connection's secret values as they could surface: plain, URL-quoted (in a URI), a
+    secret URL's path, query and long last segment (a receiver may quote its request line), and
+    basic credentials as they travel (base64 of user:password, in an echoed header)."""
+    import base64
+    from urllib.parse import parse_qsl, urlsplit
+
     out = []
-    for v in secrets.values():
+    for field_, v in secrets.items():
+        if not v:
+            continue
         out += [v, quote(v, safe=""), quote(v)]
+        if field_ == "url":
+            u = urlsplit(v)
+            if u.path.strip("/"):
+                out += [u.path + (f"?{u.query}" if u.query else ""), u.path.rstrip("/")]
+                last = u.path.rstrip("/").rsplit("/", 1)[-1]
+                out += [last] if len(last) >= 16 else []
+            out += [val for _k, val in parse_qsl(u.query) if len(val) >= 16]
+            out += [u.password] if u.password else []
+    if (config or {}).get("auth") == "basic" and secrets.get("password"):
+        pair = f"{config.get('username') or ''}:{secrets['password']}"
+        out.append(base64.b64encode(pair.encode()).decode())
     return out
 
 

@@ -35,6 +35,8 @@ class Runtime:
     """Opens the store (recovering interrupted runs) and the engine; closes both cleanly."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = now):
+        # httpx logs every request's full URL at INFO; a webhook connection's URL is a secret.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self.settings = settings
         self.store = Store(settings.store_file, flush_interval=settings.log_flush_interval)
         self.engine = Engine(self.store, settings)

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from ..connections import mask_values
 from ..errors import Cancelled, StageError
 from ..stages.base import StageContext, StageResult
 from .retry import Sender
@@ -99,7 +100,10 @@ def client(conn: Connection) -> httpx.Client:
 def _sender(ctx: StageContext, conn: Connection, http: httpx.Client) -> Sender:
     retries = conn.config.get("max_retries")
     return Sender(
-        ctx, http, max_retries=4 if retries is None else retries, secrets=conn.secrets.values()
+        ctx,
+        http,
+        max_retries=4 if retries is None else retries,
+        secrets=mask_values(conn.secrets, conn.config),
     )
 
 

@@ -14,6 +14,7 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
 from ..channels import smtp_session
+from ..connections import mask_values
 from ..errors import StageError
 from .base import StageContext, StageResult
 
@@ -63,7 +64,7 @@ def _webhook_connection(ctx: StageContext, conn: Connection) -> StageResult:
         raise StageError(f"{name} has no `url` secret")
     if not url.startswith(("http://", "https://")):
         raise StageError(f"{name}: its `url` secret is not an http(s) URL")
-    result = _post(ctx, url, name, secrets=conn.secrets.values())
+    result = _post(ctx, url, name, secrets=mask_values(conn.secrets, conn.config))
     result.metrics["connection"] = conn.name
     return result
 
@@ -117,7 +118,7 @@ def _email_connection(ctx: StageContext, conn: Connection) -> StageResult:
         sender=c.get("sender") or ctx.config.sender,
         tls="ssl" if c.get("ssl") else "starttls" if c.get("starttls") else None,
         login=login,
-        secrets=conn.secrets.values(),
+        secrets=mask_values(conn.secrets, conn.config),
     )
     result.metrics["connection"] = conn.name
     return result
