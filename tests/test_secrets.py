@@ -212,3 +212,34 @@ def test_airflow_stages_mode_runs_stages_using_secrets_in_the_runtime(engine, st
     assert VALUE not in str(err.value)
     with pytest.raises(StageError, match="stage gone: no stored secrets.NOT_THERE"):
         run_one_stage(store, settings, p, "gone", **kw)
+
+
+def test_what_a_python_stage_prints_goes_to_its_log_masked(engine, store, settings, capfd):
+    """print() in a python stage is a line of the run's log (stderr as WARN), masked like every
+    log line; nothing of it reaches the runtime's own stdout or stderr."""
+    engine.variables.put("API_TOKEN", VALUE, secret=True)
+    (settings.data_dir / "chatty.py").write_text(
+        "import sys\n"
+        "def go(inputs, params):\n"
+        "    print('calling the vendor with', params['token'])\n"
+        "    print('partial', end='')\n"
+        "    print(' line done')\n"
+        "    print('careful:', params['token'], file=sys.stderr)\n"
+        "    print('no newline at the end', end='')\n"
+    )
+    p = pipeline(
+        """
+        name: chatty
+        stages:
+          - {id: py, type: python, config: {callable: "chatty.py:go", params: {token: "{{ secrets.API_TOKEN }}"}}}
+        """
+    )
+    done = engine.run(p)
+    assert done.status == "completed"
+    lines = [(r.level, r.message) for r in store.get_logs(done.id) if r.stage_id == "py"]
+    assert ("INFO", "calling the vendor with ***") in lines
+    assert ("INFO", "partial line done") in lines
+    assert ("WARN", "careful: ***") in lines
+    assert ("INFO", "no newline at the end") in lines
+    out, err = capfd.readouterr()
+    assert VALUE not in out + err and "calling the vendor" not in out
