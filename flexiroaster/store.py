@@ -39,7 +39,7 @@ _META = re.compile(r"\bflexiroaster\.")
 # What DuckDB says when the file system refuses a write (full, read-only, permissions, I/O).
 _WRITE_FAILED = re.compile(
     r"could not write|no space left|read-only file system|permission denied|input/output error"
-    r"|disk quota|failed to commit|could not (?:open|create|truncate|sync|fsync)",
+    r"|disk quota|could not (?:open|create|truncate|sync|fsync)",
     re.IGNORECASE,
 )
 # Free space a degraded store wants before it tries a write again (a tiny write can fit in the

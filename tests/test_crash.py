@@ -27,15 +27,15 @@ pytestmark = pytest.mark.slow
 
 KILLS = int(os.environ.get("FLEXIROASTER_CRASH_KILLS", "21"))
 SEED = int(os.environ.get("FLEXIROASTER_CRASH_SEED", "9"))
-ROWS = 300_000  # rows of the input file; the phases below each take a few tenths of a second
-CALC_MD5, CHECK_MD5, HEAVY_MD5 = 8, 10, 10
+ROWS = 120_000  # rows of the input file; the phases below each take a few tenths of a second
+CALC_MD5, CHECK_MD5, HEAVY_MD5 = 10, 10, 12
 MODES = ("merge", "replace", "append")
-# Which rows each mode's run writes: merge updates two thirds of the keys and adds new ones,
-# append adds a quarter of the input each time (the table grows), replace rewrites it all.
+# Which rows each mode's run writes (two thirds of the input, so every mode's stages take about
+# as long): merge updates some keys and adds others, append adds rows, replace rewrites it all.
 WHERE = {
     "merge": "(k + {{ tag }}) % 3 <> 0",
-    "replace": "k % 2 = {{ tag }} % 2",
-    "append": "k % 4 = {{ tag }} % 4",
+    "replace": "(k + 2 * {{ tag }}) % 3 <> 1",
+    "append": "k % 3 <> {{ tag }} % 3",
 }
 TERMINAL = {s.value for s in RunStatus.terminal()}
 STAGE_TERMINAL = {s.value for s in StageStatus.terminal()}
@@ -59,7 +59,7 @@ def pipeline_yaml(mode: str) -> str:
 name: crash-{mode}
 variables: {{tag: 0}}
 stages:
-  - {{id: read, type: input, config: {{source: "crash/src.csv"}}}}
+  - {{id: read, type: input, config: {{source: "crash/src.csv.gz"}}}}
   - {{id: calc, type: sql, dependencies: [read], config: {{query: "{calc_sql(mode)}"}}}}
   - id: check
     type: validation
@@ -88,6 +88,15 @@ stages:
   - id: talk
     type: shell
     config: {command: "i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo line $i; sleep 0.01; done"}
+"""
+# A run that completes (and is reported so) just before each kill: it must stay completed, and
+# its one row be in its table exactly once.
+QUICK_PIPELINE = """
+name: crash-quick
+variables: {tag: 0}
+stages:
+  - {id: one, type: sql, config: {query: "select {{ tag }} as tag"}}
+  - {id: add, type: output, dependencies: [one], config: {table: crash_quick, mode: append}}
 """
 # (pipeline, stage) kill targets, in turn; the modes rotate through the non-write phases.
 PHASES = [("read", None), ("calc", None), ("check", None), ("write", "merge"),
@@ -206,6 +215,12 @@ class Expected:
         self.con.unregister("_arrow")
         return name
 
+    def keep(self, names) -> None:
+        """Drop every table but `names` (the states still to compare against)."""
+        for (name,) in self.con.execute("SELECT table_name FROM duckdb_tables()").fetchall():
+            if name not in names:
+                self.con.execute(f"DROP TABLE {name}")
+
     def equal(self, a: str, b: str | None) -> bool:
         """The same rows, each as many times (full contents, order aside)."""
         if b is None:
@@ -227,10 +242,16 @@ def _table(c: Client, exp: Expected, mode: str) -> str | None:
 def _wait_for_stage(c: Client, seen: Seen, target: str, stage: str, others: list[str]) -> str:
     """Poll (recording what is reported) until `stage` of the target run runs; what was seen."""
     deadline = time.monotonic() + 60
+    logs_at = 0.0
     while time.monotonic() < deadline:
-        run = seen.poll(c, target)
-        for other in others:
-            seen.poll(c, other)
+        run = c.execution(target)  # the one quick call: see the stage start soon after it does
+        if run["status"] == "completed":
+            seen.completed[target] = run
+        if time.monotonic() > logs_at:  # the rest now and then, then all again before the kill
+            run = seen.poll(c, target)
+            for other in others:
+                seen.poll(c, other)
+            logs_at = time.monotonic() + 0.25
         states = {s["stage_id"]: s["status"] for s in run["stages"]}
         if states.get(stage) == "running":
             return "running"
@@ -274,11 +295,11 @@ def _check_run(c: Client, run_id: str, seen: Seen) -> tuple[str, str | None]:
 def test_sigkill_at_seeded_points_loses_and_half_writes_nothing(tmp_path):
     data = tmp_path / "data"
     (data / "crash").mkdir(parents=True)
-    src = data / "crash" / "src.csv"
+    src = data / "crash" / "src.csv.gz"  # compressed: reading it is a phase worth killing in
     duckdb.sql(
         f"COPY (SELECT range AS k, (range * 7919) % 100003 AS x,"
-        f" 'row-' || range || '-' || repeat('x', 40) AS s, range * 0.5 AS f,"
-        f" md5(range::varchar) AS m FROM range({ROWS})) TO '{src}'"
+        f" 'row-' || range || '-' || md5(range::varchar) || repeat('x', 160) AS s,"
+        f" range * 0.5 AS f, md5(range::varchar) AS m FROM range({ROWS})) TO '{src}'"
     )
     rnd = random.Random(SEED)
     exp = Expected(src)
@@ -288,36 +309,56 @@ def test_sigkill_at_seeded_points_loses_and_half_writes_nothing(tmp_path):
     state: dict[str, str | None] = {}
     seen = Seen()
     figures = {"kills": 0, "runs_checked": 0, "tables_compared": 0, "log_lines_checked": 0,
-               "recovered_runs": 0, "completed_runs": 0, "hit": {}}  # fmt: skip
+               "recovered_runs": 0, "completed_runs": 0, "completed_before_kill": 0,
+               "restart_seconds": 0.0, "hit": {}}  # fmt: skip
     try:
         c = srv.client
         for mode in MODES:
             c.create_pipeline(pipeline_yaml(mode))
         c.create_pipeline(LOG_PIPELINE)
-        # A first, unharmed run of each: the tables exist, and the side computation matches.
+        c.create_pipeline(QUICK_PIPELINE)
+        quick: dict[str, int] = {}  # run id -> its tag
+        # A first, unharmed run of each: the tables exist, the side computation matches, and
+        # how long each stage takes says when to kill inside it.
+        took = {}
         for mode in MODES:
             run = c.wait(c.trigger(f"crash-{mode}", {"tag": 0})["id"], timeout=120)
             assert run["status"] == "completed", run
             seen.runs.add(run["id"])
+            seen.completed[run["id"]] = run
+            took |= {(False, s["stage_id"], mode): s["duration"] for s in run["stages"]}
             state[mode] = _table(c, exp, mode)
             assert exp.equal(state[mode], exp.after(mode, None, 0)), mode
+        took |= {(True, "talk", m): 3.0 for m in MODES}  # 400 lines, 10 ms apart
         for i in range(KILLS):
             stage, who = PHASES[i % len(PHASES)]
             mode = who if who in MODES else MODES[(i // len(PHASES)) % len(MODES)]
             tag = i + 1
+            done = c.trigger("crash-quick", {"tag": tag})["id"]
+            quick[done] = tag
+            seen.runs.add(done)
+            while seen.poll(c, done)["status"] not in TERMINAL:
+                time.sleep(0.02)
+            assert done in seen.completed, c.execution(done)
             write = c.trigger(f"crash-{mode}", {"tag": tag})["id"]
             talk = c.trigger("crash-log")["id"]
             seen.runs |= {write, talk}
             target = talk if who == "log" else write
             other = write if who == "log" else talk
             _wait_for_stage(c, seen, target, stage, [other])
-            time.sleep(rnd.uniform(0.0, 0.35))
+            # Somewhere in the stage (as long as it took unharmed), still following the runs.
+            until = time.monotonic() + rnd.uniform(0.05, 0.8) * took[target == talk, stage, mode]
+            while time.monotonic() < until:
+                seen.poll(c, target)
+                seen.poll(c, other)
             srv.kill()
             figures["kills"] += 1
 
+            t_restart = time.monotonic()
             srv = Serve(data, log)
+            figures["restart_seconds"] += time.monotonic() - t_restart
             c = srv.client
-            for run_id in (write, talk):
+            for run_id in (done, write, talk):
                 status, hit = _check_run(c, run_id, seen)
                 figures["runs_checked"] += 1
                 figures["recovered_runs"] += status == "failed"
@@ -325,7 +366,10 @@ def test_sigkill_at_seeded_points_loses_and_half_writes_nothing(tmp_path):
                 if run_id == target:
                     key = f"{hit or 'after the run'}" + (f" ({mode})" if hit == "write" else "")
                     figures["hit"][key] = figures["hit"].get(key, 0) + 1
-            figures["log_lines_checked"] += sum(len(seen.logs.get(r, {})) for r in (write, talk))
+            figures["log_lines_checked"] += sum(
+                len(seen.logs.get(r, {})) for r in (done, write, talk)
+            )
+            figures["completed_before_kill"] += done in seen.completed
             # The table is exactly its state before the run or exactly after it.
             actual = _table(c, exp, mode)
             write_done = {s["stage_id"]: s["status"] for s in c.execution(write)["stages"]}
@@ -336,6 +380,7 @@ def test_sigkill_at_seeded_points_loses_and_half_writes_nothing(tmp_path):
                 assert exp.equal(actual, after), f"round {i}: crash_{mode} is neither before nor after"
             figures["tables_compared"] += 1
             state[mode] = actual
+            exp.keep(set(state.values()))
         # In the end: every run accepted is there, final; every table is its last known state.
         listed = c.executions(limit=1000)
         assert listed["total"] == len(seen.runs)
@@ -344,9 +389,20 @@ def test_sigkill_at_seeded_points_loses_and_half_writes_nothing(tmp_path):
         for mode in MODES:
             assert exp.equal(_table(c, exp, mode), state[mode]), mode
             figures["tables_compared"] += 1
+        for run_id, run in seen.completed.items():
+            assert c.execution(run_id)["status"] == "completed", run
+        # Each quick run's row is there once if its write completed, and never twice.
+        tags = [r[0] for r in c.query("SELECT tag FROM crash_quick", limit=10_000)["rows"]]
+        assert len(tags) == len(set(tags)) and set(tags) <= set(quick.values())
+        for run_id, tag in quick.items():
+            add = {s["stage_id"]: s["status"] for s in c.execution(run_id)["stages"]}["add"]
+            assert (add == "completed") <= (tag in tags), (run_id, tag)
+        figures["tables_compared"] += 1
     finally:
         srv.stop()
     figures["seconds"] = round(time.monotonic() - t0, 1)
+    figures["restart_seconds"] = round(figures["restart_seconds"], 1)
+    print(f"stage seconds unharmed: { {k[1:]: round(v, 2) for k, v in took.items() if not k[0]} }")
     print(f"\ncrash figures (seed {SEED}): {figures}")
     assert figures["kills"] >= min(KILLS, 20)
 
