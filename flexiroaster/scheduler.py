@@ -744,14 +744,17 @@ class Scheduler:
             pass
 
     def _fire(self, sid: str, due: datetime) -> None:
-        """APScheduler's job: start the run this fire time stands for, arm the next one."""
+        """APScheduler's job: start the run this fire time stands for, arm the next one. The run
+        is started outside the lock, so schedules due at the same instant share one commit."""
         with self._lock:
             s = self._all.get(sid)
             if s is None or not s.enabled or s.next_run_at != due:
                 return  # changed or paused since this job was armed
-            self._start_run(s, f"schedule:{s.id}", due, None)
-            self._arm(s, max(due, self.clock()))  # a stall folds the missed times into this one
-            self._save_states([s])
+        self._start_run(s, f"schedule:{s.id}", due, None, save=False)
+        with self._lock:
+            if self._all.get(sid) is s and s.enabled and s.next_run_at == due:
+                self._arm(s, max(due, self.clock()))  # a stall folds the missed times into this one
+            self._save_states([s])  # with the run it started (last_run_id, last_fired_at)
 
     def _catch_up(self, s: Schedule, at: datetime) -> None:
         """At start: the fire times between the stored next time and now, by the catchup policy."""
@@ -779,6 +782,7 @@ class Scheduler:
         *,
         check_overlap: bool = True,
         raise_errors: bool = False,
+        save: bool = True,
     ) -> ExecutionRecord | None:
         if check_overlap and s.overlap == Overlap.SKIP and self.rt.active_runs(s.pipeline_id):
             log.info("schedule %s: %s still has a run going; fire skipped", s.id, s.pipeline_id)
@@ -799,16 +803,17 @@ class Scheduler:
                 raise
             return None
         s.last_run_id, s.last_fired_at, s.last_error = rec.id, self.clock(), None
-        self.store.set_schedule_state(
-            s.id, last_run_id=rec.id, last_fired_at=s.last_fired_at, last_error=None
-        )
+        if save:  # else the caller saves it with the schedule's next fire time
+            self.store.set_schedule_state(
+                s.id, last_run_id=rec.id, last_fired_at=s.last_fired_at, last_error=None
+            )
         return rec
 
     def _save_states(self, schedules: list[Schedule]) -> None:
         self.store.set_schedule_states(
             [
                 {"id": s.id, "next_run_at": s.next_run_at, "last_run_id": s.last_run_id,
-                 "last_fired_at": s.last_fired_at}
+                 "last_fired_at": s.last_fired_at, "last_error": s.last_error}
                 for s in schedules
             ]
         )  # fmt: skip
