@@ -22,6 +22,7 @@ STAGE_ID = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 _NAME = r"(\{\{[^{}]+\}\}|[A-Za-z_][A-Za-z0-9_]*)"  # a name, or a placeholder filled at run time
 IDENT = rf"^{_NAME}(\.{_NAME})?$"
 CONNECTION_NAME = r"^[a-z][a-z0-9_\-]{0,62}$"  # a stored connection (connections.py)
+MAX_STAGES = 1000  # a pipeline's stages; more is generated text, not a pipeline to run
 
 
 class StageType(StrEnum):
@@ -737,6 +738,14 @@ def load_pipeline_text(
     if not isinstance(data, dict):
         kind = "empty" if data is None else type(data).__name__
         raise SpecError(f"{source}: a pipeline is a mapping with `name` and `stages`, got {kind}")
+    stages = data.get("stages")
+    if isinstance(stages, list) and len(stages) > MAX_STAGES:
+        # Checked before validation: the graph checks of tens of thousands of stages take minutes.
+        line = marks.line_of(("stages",))
+        raise SpecError(
+            f"{source}: stages: {len(stages)} stages; a pipeline has at most {MAX_STAGES}"
+            f" ({source} line {line}); split it into pipelines"
+        )
     try:
         pipeline = Pipeline.model_validate(data)
     except ValidationError as exc:

@@ -68,12 +68,16 @@ def install(app: FastAPI) -> None:
         return error_response(exc.status, exc.code, str(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if refused := await _unauthenticated(request):
+            return refused
         lines = [f"{_loc(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
         return error_response(422, "invalid_request", "; ".join(lines))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if refused := await _unauthenticated(request):  # e.g. a body that is not UTF-8
+            return refused
         code = CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
@@ -84,6 +88,25 @@ def install(app: FastAPI) -> None:
         return error_response(
             500, "internal_error", f"internal error {ref}; the runtime's log has the details"
         )
+
+
+async def _unauthenticated(request: Request) -> JSONResponse | None:
+    """FastAPI decodes a JSON body before the route's dependencies run: on a route that needs
+    the bearer token, a caller without it gets the 401, not what was wrong with their body
+    (None when the route needs no token or the request carries it)."""
+    from .deps import bearer, require_token
+
+    route = request.scope.get("route")
+    if request.method not in (getattr(route, "methods", None) or ()):
+        return None  # not this route's method: a 405 stays a 405
+    dependant = getattr(route, "dependant", None)
+    if not any(d.call is require_token for d in getattr(dependant, "dependencies", [])):
+        return None
+    try:
+        await require_token(request, await bearer(request))
+    except FlexiError as exc:
+        return error_response(exc.status, exc.code, str(exc))
+    return None
 
 
 class BodyLimit:
@@ -99,20 +122,32 @@ class BodyLimit:
         too_big = error_response(413, "too_large", f"request body over {self.limit} bytes")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await too_big(scope, receive, send)
-        seen = 0
+        seen, over, started = 0, False, False
 
         async def limited():
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
+                over = True
                 raise _TooLarge
             return message
 
+        async def sending(message):
+            # FastAPI turns any error while it reads a JSON body into its own 400: once the
+            # body is over the limit, that answer is dropped and the 413 goes out instead.
+            nonlocal started
+            if over and not started:
+                return
+            started = True
+            await send(message)
+
         try:
-            return await self.app(scope, limited, send)
+            await self.app(scope, limited, sending)
         except _TooLarge:
-            return await too_big(scope, receive, send)
+            pass
+        if over and not started:
+            await too_big(scope, receive, send)
 
 
 class _TooLarge(Exception):
