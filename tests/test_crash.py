@@ -226,7 +226,8 @@ class Expected:
         if b is None:
             return False
         for x, y in ((a, b), (b, a)):
-            if self.con.execute(f"SELECT count(*) FROM (FROM {x} EXCEPT ALL FROM {y})").fetchall()[0][0]:
+            sql = f"SELECT count(*) FROM (FROM {x} EXCEPT ALL FROM {y})"
+            if self.con.execute(sql).fetchall()[0][0]:
                 return False
         return True
 
@@ -310,7 +311,7 @@ def test_sigkill_at_seeded_points_loses_and_half_writes_nothing(tmp_path):
     seen = Seen()
     figures = {"kills": 0, "runs_checked": 0, "tables_compared": 0, "log_lines_checked": 0,
                "recovered_runs": 0, "completed_runs": 0, "completed_before_kill": 0,
-               "restart_seconds": 0.0, "hit": {}}  # fmt: skip
+               "largest_table_rows": 0, "restart_seconds": 0.0, "hit": {}}  # fmt: skip
     try:
         c = srv.client
         for mode in MODES:
@@ -364,7 +365,8 @@ def test_sigkill_at_seeded_points_loses_and_half_writes_nothing(tmp_path):
                 figures["recovered_runs"] += status == "failed"
                 figures["completed_runs"] += status == "completed"
                 if run_id == target:
-                    key = f"{hit or 'after the run'}" + (f" ({mode})" if hit == "write" else "")
+                    key = hit or ("after the run" if status == "completed" else "between stages")
+                    key += f" ({mode})" if hit == "write" else ""
                     figures["hit"][key] = figures["hit"].get(key, 0) + 1
             figures["log_lines_checked"] += sum(
                 len(seen.logs.get(r, {})) for r in (done, write, talk)
@@ -377,8 +379,10 @@ def test_sigkill_at_seeded_points_loses_and_half_writes_nothing(tmp_path):
                 assert write_done["write"] != "completed", f"round {i}: write completed, old table"
             else:
                 after = exp.after(mode, state[mode], tag)
-                assert exp.equal(actual, after), f"round {i}: crash_{mode} is neither before nor after"
+                assert exp.equal(actual, after), f"round {i}: crash_{mode} neither before nor after"
             figures["tables_compared"] += 1
+            n = exp.con.execute(f"SELECT count(*) FROM {actual}").fetchall()[0][0]
+            figures["largest_table_rows"] = max(figures["largest_table_rows"], n)
             state[mode] = actual
             exp.keep(set(state.values()))
         # In the end: every run accepted is there, final; every table is its last known state.
