@@ -133,6 +133,7 @@ class Engine:
 
     def release(self, execution_id: str) -> ExecutionRecord:
         """Start (or queue) a held run; Conflict if the run is not held."""
+        self.store.check_writes()  # refused before the run changes: it stays held
         with self._lock:
             run = self._active.get(execution_id)
             if run is None or run.record.status != RunStatus.HELD:

@@ -302,3 +302,34 @@ def _fill_and_free(data: Path, log: Path) -> tuple[dict, str, dict, str]:
         assert not any("store flush failed" in x for x in lines)
         print(f"\ndisk full: detected in {detected:.2f} s, resumed in {resumed:.2f} s")
         return again, talk, first, wait
+
+
+def test_a_held_run_released_on_a_full_disk_stays_held_until_there_is_room(tmp_path):
+    from flexiroaster.engine import Engine
+    from flexiroaster.spec import load_pipeline_text
+    from flexiroaster.store import Store, StoreUnavailable
+
+    data = tmp_path / "data"
+    with small_fs(data, "16m"):
+        settings = load_settings(data_dir=data, log_flush_interval=0.05)
+        store = Store(settings.store_file, flush_interval=0.05)
+        engine = Engine(store, settings)
+        try:
+            held = engine.submit(load_pipeline_text(OK, "ok.yaml"), held=True)
+            filler = _fill(data)
+            for i in range(200):  # log lines the flusher cannot write
+                store.log(held.id, None, "INFO", f"waiting {i} " + "x" * 200)
+            _until(lambda: store.degraded, 10)
+            with pytest.raises(StoreUnavailable, match="No space left on device"):
+                engine.release(held.id)
+            assert engine.live(held.id).status == "held"
+            filler.unlink()
+            (data / "filler-tail.bin").unlink()
+            _until(lambda: store.degraded is None, 10)
+            assert engine.release(held.id).status in ("pending", "running")
+            assert engine.wait(held.id, timeout=30)
+            assert store.get_execution(held.id).status == "completed"
+            assert len([x for x in store.get_logs(held.id) if x.message.startswith("waiting")]) == 200
+        finally:
+            engine.shutdown()
+            store.close()
