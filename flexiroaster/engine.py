@@ -417,6 +417,7 @@ class Engine:
             scope=run.scope,
             rows_in=srec.rows_in,
             connections=_connections_of(stage, run.connections),
+            path_roots=self.settings.path_roots,
         )
         timeout = stage.timeout or self.settings.default_timeout
         started = time.monotonic()

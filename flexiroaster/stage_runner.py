@@ -148,6 +148,7 @@ def run_one_stage(
             data_dir=Path(settings.data_dir), logger=logger, cancel=threading.Event(),
             scope=run_scope(pipeline, params, run_id, stands_for, settings) | stored,
             rows_in=rows_in if inputs else None, connections=conns,
+            path_roots=settings.path_roots,
         )  # fmt: skip
         timeout = stage.timeout or settings.default_timeout
         started = time.monotonic()

@@ -165,11 +165,6 @@ def test_data_roots_and_allow_any_path_settings_at_save_time_and_in_query(world,
         assert r.status_code == 200 and r.json()["rows"] == [[1]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine and stage_runner do not yet pass Settings.path_roots to StageContext"
-    " (runs use the data dir alone as their root)",
-)
 def test_runs_obey_data_roots_and_allow_any_path(world, tmp_path):
     data, outside = world
     with served(data, data_roots=[data, outside]) as (rt, c):
