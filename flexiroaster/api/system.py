@@ -47,6 +47,7 @@ def health(rt: Runtime = Depends(runtime)) -> Any:
         "max_workers": rt.settings.max_workers,
     }
     components["scheduler"] = rt.scheduler.status()
+    components["retention"] = rt.retention.status()
     ok = not any(c["status"] == "error" for c in components.values())
     body = HealthOut(
         status="ok" if ok else "degraded",
