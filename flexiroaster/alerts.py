@@ -33,6 +33,7 @@ from .alert_rules import (
 from .errors import Conflict, NotFound
 from .records import ExecutionRecord, now
 from .states import RunStatus
+from .store import StoreUnavailable
 from .webhooks import Notification, Outbox, new_id
 
 if TYPE_CHECKING:
@@ -174,10 +175,22 @@ class Alerts:
                     self._safely(self.evaluate, rec)
 
     def _safely(self, fn: Any, *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception:  # one bad judgement never stops the next
-            log.exception("alerts: %s failed", fn.__name__)
+        """Call fn; while the store cannot write, wait and try again (an alert is not lost to
+        a full disk), stopping on shutdown."""
+        told = False
+        while True:
+            try:
+                fn(*args)
+                return
+            except StoreUnavailable as exc:
+                if not told:
+                    log.warning("alerts: %s waits for the store to write again: %s", fn.__name__, exc)
+                    told = True
+                if self._stop.wait(1.0):
+                    return
+            except Exception:  # one bad judgement never stops the next
+                log.exception("alerts: %s failed", fn.__name__)
+                return
 
     def judged(self, run_id: str, timeout: float = 10.0) -> bool:
         """Wait until the finished run `run_id` has been judged against the rules."""

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from .errors import Conflict, FlexiError, NotFound, Unauthorized
 from .records import ExecutionRecord, now
+from .store import StoreUnavailable
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -754,7 +755,10 @@ class Scheduler:
         with self._lock:
             if self._all.get(sid) is s and s.enabled and s.next_run_at == due:
                 self._arm(s, max(due, self.clock()))  # a stall folds the missed times into this one
-            self._save_states([s])  # with the run it started (last_run_id, last_fired_at)
+            try:
+                self._save_states([s])  # with the run it started (last_run_id, last_fired_at)
+            except StoreUnavailable as exc:  # armed in memory; stored with the next fire
+                log.warning("schedule %s: its state is not stored: %s", s.id, exc)
 
     def _catch_up(self, s: Schedule, at: datetime) -> None:
         """At start: the fire times between the stored next time and now, by the catchup policy."""
@@ -798,7 +802,10 @@ class Scheduler:
         except FlexiError as exc:
             log.warning("schedule %s could not start %s: %s", s.id, s.pipeline_id, exc)
             s.last_error = str(exc)
-            self.store.set_schedule_state(s.id, last_error=s.last_error)
+            try:
+                self.store.set_schedule_state(s.id, last_error=s.last_error)
+            except StoreUnavailable:
+                pass  # the store cannot write (the error above says so); memory has it
             if raise_errors:
                 raise
             return None

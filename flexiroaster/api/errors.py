@@ -27,6 +27,7 @@ WHY = {
     409: "The request conflicts with the current state",
     413: "The request body is too large",
     422: "The request or the pipeline in it does not validate",
+    503: "The store cannot write (disk full or read-only); nothing new is accepted",
 }
 
 
