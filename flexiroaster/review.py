@@ -44,6 +44,7 @@ SAFE_ACTIONS = frozenset({"pause_schedule"})  # actions the policy may apply on 
 REOPEN_AFTER = timedelta(days=7)  # a decision stands this long unless the severity worsens
 ACTIVE = ("open", "pending_review", "blocked")
 COST_SHARE = 10  # recomputations are spaced by at least 10 times their own duration
+QUIET, MAX_DEFER = 2.0, 300.0  # wait for 2 s without a finished run, for 5 min at most
 DECIDED = ("approved", "applied", "rejected", "dismissed")
 _DECISION = ("status", "decided_by", "decided_at", "reason", "snoozed_until", "decided_severity",
              "created_at")  # fmt: skip
@@ -117,9 +118,14 @@ class Review:
         self.last: dict[str, Any] | None = None  # figures of the latest recomputation
         self._rows: dict[str, dict[str, Any]] | None = None  # policy rows (see _policy_rows)
         self._job = InsightsJob()  # the computation runs in a child process
-        rt.engine.on_finish.append(lambda _rec: self._dirty.set())
+        self._last_finish = -math.inf  # monotonic time the latest run finished
+        rt.engine.on_finish.append(self._on_finish)
 
     # --- background recomputation -----------------------------------------------------------
+
+    def _on_finish(self, _rec: Any) -> None:
+        self._last_finish = time.monotonic()
+        self._dirty.set()
 
     def start(self) -> None:
         if self._thread is None:
@@ -136,12 +142,19 @@ class Review:
     def _loop(self) -> None:
         """Recompute when runs have finished, at most every insights_interval s and never
         more than 1/COST_SHARE of the time: a computation that took 4 s waits 40 s for the
-        next, so a big history cannot keep a core busy while the API serves."""
+        next, so a big history cannot keep a core busy while the API serves. And it waits for
+        a quiet moment (no run finished for QUIET s), for MAX_DEFER s at most."""
         gap, last = 0.0, -math.inf
         while not self._stop.is_set():
             if not self._dirty.wait(0.25):
                 continue
             if self._stop.wait(max(0.0, last + gap - time.monotonic())):
+                return
+            deferred = time.monotonic()
+            while time.monotonic() - self._last_finish < QUIET:
+                if time.monotonic() - deferred > MAX_DEFER or self._stop.wait(0.25):
+                    break
+            if self._stop.is_set():
                 return
             self._dirty.clear()
             began = time.monotonic()

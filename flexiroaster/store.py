@@ -700,33 +700,40 @@ class Store:
                 for _run, _stages, fut in batch:
                     fut.set_result(None)
 
-    # Up to this many rows go in as one parameterised statement; more as an Arrow batch (a
-    # one-row Arrow insert costs twice a plain one, a 1,000-row one a tenth of it). Arrow's
-    # first use costs ~110 MB for good (pyarrow, and pandas it imports), so the batches a
-    # steady 100 runs/s makes (20-80 rows a flush, 1-2 ms more each) stay parameterised.
+    # Rows per parameterised statement; more go in several. Arrow would be faster for big
+    # batches (a 1,000-row Arrow insert costs a tenth of parameterised ones) but its first use
+    # imports pyarrow and pandas into the runtime for good (+85 MB, a 300 ms stall), so only
+    # bulk imports use it.
     _SMALL = 100
 
-    def _insert(self, cur, name: str, cols: dict[str, list]) -> None:
+    @staticmethod
+    def _chunks(cols: dict[str, list], size: int) -> Iterator[tuple[int, list]]:
+        """(rows, row-major values) of each run of `size` rows."""
+        n = len(next(iter(cols.values())))
+        for lo in range(0, n, size):
+            hi = min(n, lo + size)
+            yield hi - lo, [col[i] for i in range(lo, hi) for col in cols.values()]
+
+    def _insert(self, cur, name: str, cols: dict[str, list], *, bulk: bool = False) -> None:
         n = len(next(iter(cols.values())))
         if not n:
             return
         names = ", ".join(cols)
-        if n <= self._SMALL:
-            row = f"({', '.join('?' for _ in cols)})"
-            args = [v for i in range(n) for v in (col[i] for col in cols.values())]
-            self._exec(
-                cur,
-                f"INSERT INTO flexiroaster.{name} ({names}) VALUES {', '.join([row] * n)}",
-                args,
-            )
-            return
-        import pyarrow as pa
+        if bulk and n > self._SMALL:
+            import pyarrow as pa
 
-        cur.register("_batch", pa.table(cols))
-        try:
-            self._exec(cur, f"INSERT INTO flexiroaster.{name} ({names}) SELECT {names} FROM _batch")
-        finally:
-            cur.unregister("_batch")
+            cur.register("_batch", pa.table(cols))
+            try:
+                self._exec(
+                    cur, f"INSERT INTO flexiroaster.{name} ({names}) SELECT {names} FROM _batch"
+                )
+            finally:
+                cur.unregister("_batch")
+            return
+        row = f"({', '.join('?' for _ in cols)})"
+        for k, args in self._chunks(cols, self._SMALL):
+            sql = f"INSERT INTO flexiroaster.{name} ({names}) VALUES {', '.join([row] * k)}"
+            self._exec(cur, sql, args)
 
     def _update(self, cur, name: str, cols: dict[str, list], keys: list[str]) -> None:
         """UPDATE rows by key. A missing row fails the flush (and so rolls it back): a state
@@ -740,27 +747,17 @@ class Store:
             args = [v[0] for c, v in cols.items() if c not in keys] + [cols[k][0] for k in keys]
             sql = f"UPDATE flexiroaster.{name} SET {sets} WHERE {on}"
             changed = self._exec(cur, sql, args).fetchall()[0][0]
-        elif n <= self._SMALL:
+        else:
             sets = ", ".join(f"{c} = _batch.{c}" for c in cols if c not in keys)
             on = " AND ".join(f"t.{k} = _batch.{k}" for k in keys)
             row = f"({', '.join('?' for _ in cols)})"
-            args = [v for i in range(n) for v in (col[i] for col in cols.values())]
-            sql = (
-                f"UPDATE flexiroaster.{name} AS t SET {sets} FROM (VALUES {', '.join([row] * n)})"
-                f" AS _batch({', '.join(cols)}) WHERE {on}"
-            )
-            changed = self._exec(cur, sql, args).fetchall()[0][0]
-        else:
-            import pyarrow as pa
-
-            sets = ", ".join(f"{c} = _batch.{c}" for c in cols if c not in keys)
-            on = " AND ".join(f"t.{k} = _batch.{k}" for k in keys)
-            cur.register("_batch", pa.table(cols))
-            try:
-                sql = f"UPDATE flexiroaster.{name} AS t SET {sets} FROM _batch WHERE {on}"
-                changed = self._exec(cur, sql).fetchall()[0][0]
-            finally:
-                cur.unregister("_batch")
+            changed = 0
+            for k, args in self._chunks(cols, self._SMALL):
+                sql = (
+                    f"UPDATE flexiroaster.{name} AS t SET {sets} FROM (VALUES"
+                    f" {', '.join([row] * k)}) AS _batch({', '.join(cols)}) WHERE {on}"
+                )
+                changed += self._exec(cur, sql, args).fetchall()[0][0]
         if changed != n:
             raise FlexiError(f"store: {n - changed} of {n} {name} row(s) to update do not exist")
 
@@ -791,8 +788,8 @@ class Store:
     def import_executions(self, runs: list[ExecutionRecord], stages: list[StageRecord]) -> None:
         """Write many finished runs and their stages at once (history imports, benchmarks)."""
         with self.transaction() as cur:
-            self._insert(cur, "executions", _run_cols(runs))
-            self._insert(cur, "stage_executions", _stage_cols(stages))
+            self._insert(cur, "executions", _run_cols(runs), bulk=True)
+            self._insert(cur, "stage_executions", _stage_cols(stages), bulk=True)
 
     def update_execution(self, rec: ExecutionRecord, *, wait: bool = False) -> None:
         """Queue the run's new state; `wait`: return once it, and everything queued before it
