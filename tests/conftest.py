@@ -127,3 +127,67 @@ def app_test(page: str | None = None, timeout: float = 30):
     if page:
         at.switch_page(page).run()
     return at
+
+
+# --- `flexiroaster serve` as a real process -------------------------------------------------------
+
+
+def serve_env(data_dir, **extra: str) -> dict[str, str]:
+    """The environment without any FLEXIROASTER_* of the caller's, plus the data dir and ours."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXIROASTER_")}
+    return env | {"FLEXIROASTER_DATA_DIR": str(data_dir)} | extra
+
+
+def start_serve(
+    data_dir, *args: str, env: dict[str, str] | None = None, stdout=None, stderr=None,
+    wait: float = 30.0, output=None,
+):  # fmt: skip
+    """Start `flexiroaster serve` on a free port and wait until /health answers 200; returns
+    (process, base URL). `output(process)` says what it printed when it exits or never answers
+    (default: what it wrote to its pipes)."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flexiroaster", "serve", "--port", str(port), *args],
+        env=env or serve_env(data_dir),
+        stdout=subprocess.PIPE if stdout is None else stdout,
+        stderr=subprocess.PIPE if stderr is None else stderr,
+        text=True,
+    )
+    said = (lambda: output(proc)) if output else (lambda: str(proc.communicate(timeout=10))[-3000:])
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + wait
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited early ({proc.returncode}): {said()}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
+                return proc, url
+        if time.monotonic() > deadline:
+            stop_serve(proc)
+            raise AssertionError(f"serve did not answer /health within {wait:g} s: {said()}")
+        time.sleep(0.05)
+
+
+def stop_serve(proc, timeout: float = 15.0) -> bool:
+    """SIGTERM, then SIGKILL after `timeout` s; whether it stopped on SIGTERM in time."""
+    import signal
+    import subprocess
+
+    if proc.poll() is not None:
+        return True
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False

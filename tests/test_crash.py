@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-import httpx
 import pytest
 
 from flexiroaster.client import Client
 from flexiroaster.states import RunStatus, StageStatus
 from flexiroaster.store import RECOVERY_REASON
 
-from .conftest import free_port
+from .conftest import serve_env, start_serve, stop_serve
 
 pytestmark = pytest.mark.slow
 
@@ -104,9 +103,7 @@ PHASES = [("read", None), ("calc", None), ("check", None), ("write", "merge"),
 
 
 def env_for(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXIROASTER_")}
-    return env | {
-        "FLEXIROASTER_DATA_DIR": str(data_dir),
+    return serve_env(data_dir) | {
         "FLEXIROASTER_LOG_FLUSH_INTERVAL": "0.05",
         "FLEXIROASTER_MAX_WORKERS": "4",
         "FLEXIROASTER_QUERY_MAX_ROWS": "1000000",
@@ -118,23 +115,11 @@ class Serve:
     """One `flexiroaster serve` process over the data dir (output to a file, not a pipe)."""
 
     def __init__(self, data_dir: Path, log: Path):
-        self.port = free_port()
         self.out = log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flexiroaster", "serve", "--port", str(self.port)],
-            env=env_for(data_dir), stdout=self.out, stderr=subprocess.STDOUT,
+        self.proc, self.url = start_serve(
+            data_dir, env=env_for(data_dir), stdout=self.out, stderr=subprocess.STDOUT, wait=60,
+            output=lambda _p: log.read_text()[-3000:],
         )  # fmt: skip
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, f"serve exited early: {log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{self.url}/api/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not answer within 60 s"
-            time.sleep(0.05)
         self.client = Client(self.url, timeout=60)
 
     def kill(self) -> None:
@@ -145,13 +130,7 @@ class Serve:
 
     def stop(self) -> None:
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_serve(self.proc, timeout=20)
         self.out.close()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 from flexiroaster.client import Client
 from flexiroaster.settings import load_settings
 
-from .conftest import free_port
+from .conftest import free_port, serve_env, start_serve, stop_serve
 
 pytestmark = pytest.mark.slow
 
@@ -82,12 +81,9 @@ def _remount(path: Path, mode: str) -> None:
 
 
 def env_for(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXIROASTER_")}
-    return env | {
-        "FLEXIROASTER_DATA_DIR": str(data_dir),
-        "FLEXIROASTER_LOG_FLUSH_INTERVAL": "0.05",
-        "FLEXIROASTER_INSIGHTS_INTERVAL": "3600",
-    }
+    return serve_env(
+        data_dir, FLEXIROASTER_LOG_FLUSH_INTERVAL="0.05", FLEXIROASTER_INSIGHTS_INTERVAL="3600"
+    )
 
 
 def _fill(folder: Path) -> Path:
@@ -172,33 +168,16 @@ def test_serve_on_a_dir_its_user_cannot_write_exits_naming_it():
 
 @contextlib.contextmanager
 def serve(data: Path, log: Path):
-    port = free_port()
     with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flexiroaster", "serve", "--port", str(port)],
-            env=env_for(data) | {"DF_GO": str(log.parent / "go")},
-            stdout=out, stderr=subprocess.STDOUT,
+        proc, url = start_serve(
+            data, env=env_for(data) | {"DF_GO": str(log.parent / "go")}, stdout=out,
+            stderr=subprocess.STDOUT, wait=60, output=lambda _p: log.read_text()[-3000:],
         )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"serve exited: {log.read_text()[-3000:]}"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "serve did not answer within 60 s"
-            time.sleep(0.05)
         with Client(url, timeout=60) as c:
             yield proc, url, c
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_serve(proc, timeout=20)
 
 
 def _health(url: str) -> httpx.Response:

@@ -394,7 +394,7 @@ def test_output_interrupted_mid_write_rolls_back(engine, store, data_dir):
     )
     (data_dir / "gen").mkdir()
     store.cursor().execute(
-        f"copy (select range as x from range(20000000)) to '{data_dir}/gen/x.parquet'"
+        f"copy (select range as x from range(2000000)) to '{data_dir}/gen/x.parquet'"
     )
     rec = engine.run(p)
     st = {s.stage_id: s for s in store.get_stages(rec.id)}

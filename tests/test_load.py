@@ -8,7 +8,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -22,7 +21,7 @@ import pytest
 
 from flexiroaster.client import Client
 
-from .conftest import free_port
+from .conftest import serve_env, start_serve, stop_serve
 
 pytestmark = pytest.mark.slow
 
@@ -66,37 +65,16 @@ stages:
 def served(data_dir, **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
     """`flexiroaster serve` on a free loopback port; yields (process, URL) once /health answers.
     Stopped with SIGTERM (which must end it within 15 s)."""
-    port = free_port()
-    full = {k: v for k, v in os.environ.items() if not k.startswith("FLEXIROASTER_")}
-    full |= {"FLEXIROASTER_DATA_DIR": str(data_dir), **env}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flexiroaster", "serve", "--port", str(port)],
-        env=full,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_serve(
+        data_dir, env=serve_env(data_dir, **env), stdout=subprocess.DEVNULL,
+        output=lambda p: p.communicate()[1][-3000:],
+    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"serve exited early: {proc.communicate()[1][-3000:]}"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "serve did not answer /health within 30 s"
-            time.sleep(0.1)
         yield proc, url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise AssertionError("serve did not stop within 15 s of SIGTERM") from None
+        stopped = stop_serve(proc)
         proc.stderr.close()
+        assert stopped, "serve did not stop within 15 s of SIGTERM"
 
 
 class HealthProbe:

@@ -16,7 +16,7 @@ import pytest
 from flexiroaster.client import Client
 from flexiroaster.store import Store
 
-from .conftest import free_port
+from .conftest import free_port, serve_env, start_serve, stop_serve
 
 pytestmark = pytest.mark.slow
 
@@ -41,10 +41,7 @@ stages:
 """
 
 
-def env_for(data_dir, **extra: str) -> dict[str, str]:
-    """The environment without any FLEXIROASTER_* of the caller's, plus ours."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXIROASTER_")}
-    return env | {"FLEXIROASTER_DATA_DIR": str(data_dir)} | extra
+env_for = serve_env
 
 
 def flexiroaster(*args: str, env: dict[str, str], timeout: float = 60):
@@ -60,35 +57,11 @@ def flexiroaster(*args: str, env: dict[str, str], timeout: float = 60):
 @contextlib.contextmanager
 def serve_process(data_dir, *args: str, **env: str):
     """`flexiroaster serve` on a free port; yields (process, base URL) once /health answers."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flexiroaster", "serve", "--port", str(port), *args],
-        env=env_for(data_dir, **env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_serve(data_dir, *args, env=env_for(data_dir, **env))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"serve exited early: {proc.communicate()}"
-            try:
-                if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not answer within 30 s"
-            time.sleep(0.05)
         yield proc, url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_serve(proc)
         proc.stdout.close()
         proc.stderr.close()
 
