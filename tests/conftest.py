@@ -191,3 +191,53 @@ def stop_serve(proc, timeout: float = 15.0) -> bool:
         proc.kill()
         proc.wait()
         return False
+
+
+# --- loopback servers and a runtime over HTTP ------------------------------------------------
+
+
+@contextlib.contextmanager
+def http_server(handler, name: str = "test-http"):
+    """A ThreadingHTTPServer with `handler` on a free loopback port; yields its base URL."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@contextlib.contextmanager
+def runtime_over_http(data_dir, **settings):
+    """A runtime served over HTTP: (runtime, client, raw httpx client on /api/v1)."""
+    import httpx
+
+    from flexiroaster.api import create_app
+    from flexiroaster.client import Client
+    from flexiroaster.runtime import Runtime
+
+    defaults = dict(data_dir=data_dir, max_workers=4, log_flush_interval=0.05)
+    rt = Runtime(load_settings(**(defaults | settings)))
+    try:
+        with (
+            serving(create_app(runtime=rt)) as url,
+            Client(url) as client,
+            httpx.Client(base_url=f"{url}/api/v1", timeout=30) as raw,
+        ):
+            yield rt, client, raw
+    finally:
+        rt.close()
+
+
+def run_pipeline(client, yaml_text: str, timeout: float = 30) -> tuple[dict, list[str]]:
+    """Save and run a pipeline through the API; the finished run and its log lines."""
+    pid = client.create_pipeline(yaml_text)["id"]
+    done = client.wait(client.trigger(pid)["id"], timeout=timeout)
+    return done, [line["message"] for line in client.logs(done["id"])["logs"]]

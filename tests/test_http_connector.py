@@ -11,19 +11,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from flexiroaster.api import create_app
 from flexiroaster.client import Client
 from flexiroaster.connectors.retry import backoff, retry_after
-from flexiroaster.runtime import Runtime
-from flexiroaster.settings import load_settings
 
-from .conftest import serving
+from .conftest import http_server, run_pipeline, runtime_over_http
 
 TOKEN = "api-tok-7Qx93LmZpW-secret"
 ITEMS = [{"id": i, "name": f"item {i}", "meta": {"score": i * 1.5, "tag": f"t{i % 3}"}}
@@ -123,17 +120,9 @@ def _handler(api: Api) -> type[BaseHTTPRequestHandler]:
 @contextlib.contextmanager
 def api_server():
     api = Api()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="test-api", daemon=True)
-    thread.start()
-    api.base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with http_server(_handler(api), "test-api") as base:
+        api.base = base
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 # --- a runtime over HTTP ----------------------------------------------------------------------
@@ -144,17 +133,8 @@ def env(tmp_path):
     """(runtime, client, raw httpx client on the API, loopback API under test)."""
     data = tmp_path / "data"
     data.mkdir()
-    rt = Runtime(load_settings(data_dir=data, max_workers=4, log_flush_interval=0.05))
-    try:
-        with (
-            api_server() as api,
-            serving(create_app(runtime=rt)) as url,
-            Client(url) as client,
-            httpx.Client(base_url=f"{url}/api/v1", timeout=30) as raw,
-        ):
-            yield rt, client, raw, api
-    finally:
-        rt.close()
+    with api_server() as api, runtime_over_http(data) as (rt, client, raw):
+        yield rt, client, raw, api
 
 
 def put_connection(raw: httpx.Client, name: str, config: dict, secrets: dict) -> dict:
@@ -166,12 +146,7 @@ def put_connection(raw: httpx.Client, name: str, config: dict, secrets: dict) ->
     return resp.json()
 
 
-def run(client: Client, yaml_text: str, timeout: float = 30) -> tuple[dict, list[str]]:
-    """Save and run a pipeline through the API; the finished run and its log lines."""
-    pid = client.create_pipeline(yaml_text)["id"]
-    done = client.wait(client.trigger(pid)["id"], timeout=timeout)
-    lines = [line["message"] for line in client.logs(done["id"])["logs"]]
-    return done, lines
+run = run_pipeline
 
 
 def stage(done: dict, stage_id: str) -> dict:

@@ -12,17 +12,15 @@ import ssl
 import threading
 from email import message_from_bytes
 from email.policy import default as email_policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
 
-from flexiroaster.api import create_app
 from flexiroaster.client import Client
 from flexiroaster.runtime import Runtime
-from flexiroaster.settings import load_settings
 
-from .conftest import free_port, serving
+from .conftest import free_port, http_server, run_pipeline, runtime_over_http
 
 PASSWORD = "smtp-pw-Kd82nQ-secret"
 HOOK_PATH = "/services/T01/B02/whsec-9mZr4Lq"  # the secret part of a webhook URL
@@ -149,17 +147,9 @@ def webhook_receiver():
             self.end_headers()
             self.wfile.write(out)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="test-hooks", daemon=True)
-    thread.start()
-    hooks.base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with http_server(Handler, "test-hooks") as base:
+        hooks.base = base
         yield hooks
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 # --- a runtime over HTTP --------------------------------------------------------------------
@@ -170,16 +160,8 @@ def env(tmp_path):
     """(runtime, client, raw httpx client on the API)."""
     data = tmp_path / "data"
     data.mkdir()
-    rt = Runtime(load_settings(data_dir=data, max_workers=4, log_flush_interval=0.05))
-    try:
-        with (
-            serving(create_app(runtime=rt)) as url,
-            Client(url) as client,
-            httpx.Client(base_url=f"{url}/api/v1", timeout=30) as raw,
-        ):
-            yield rt, client, raw
-    finally:
-        rt.close()
+    with runtime_over_http(data) as found:
+        yield found
 
 
 def put_connection(raw: httpx.Client, name: str, kind: str, config: dict, secrets: dict) -> dict:
@@ -190,10 +172,7 @@ def put_connection(raw: httpx.Client, name: str, kind: str, config: dict, secret
     return resp.json()
 
 
-def run(client: Client, yaml_text: str) -> tuple[dict, list[str]]:
-    pid = client.create_pipeline(yaml_text)["id"]
-    done = client.wait(client.trigger(pid)["id"], timeout=30)
-    return done, [line["message"] for line in client.logs(done["id"])["logs"]]
+run = run_pipeline
 
 
 def stage(done: dict, stage_id: str) -> dict:
