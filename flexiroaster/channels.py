@@ -113,7 +113,7 @@ def deliver(
     import httpx
 
     name = f"{conn.type} channel {conn.name}"
-    scrub = _scrubber(conn)
+    scrub = conn.masker()
     if str(conn.type) == "webhook":
         url = conn.secrets.get("url")
         if not url:
@@ -151,15 +151,3 @@ def deliver(
         return None
     raise ChannelError(f"connection {conn.name} is of type {conn.type}, not smtp or webhook", True)
 
-
-def _scrubber(conn: Connection) -> Any:
-    from .connections import mask_values
-
-    values = sorted(set(mask_values(conn.secrets, conn.config)), key=len, reverse=True)
-
-    def scrub(text: str) -> str:
-        for v in values:
-            text = text.replace(v, "***")
-        return text
-
-    return scrub

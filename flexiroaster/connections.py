@@ -405,22 +405,6 @@ class Connections:
 # --- what a test does per type -------------------------------------------------------------
 
 
-def http_headers(conn: Connection) -> dict[str, str]:
-    """An http connection's headers with its auth added (token or basic credentials)."""
-    import base64
-
-    cfg, headers = conn.config, dict(conn.config.get("headers") or {})
-    auth, token = cfg.get("auth", "none"), conn.secrets.get("token")
-    if auth == "bearer" and token:
-        headers["Authorization"] = f"Bearer {token}"
-    elif auth == "header" and token:
-        headers[cfg.get("auth_header") or "Authorization"] = token
-    elif auth == "basic":
-        pair = f"{cfg.get('username') or ''}:{conn.secrets.get('password', '')}"
-        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
-    return headers
-
-
 def _probe_postgres(conn: Connection) -> tuple[bool, str]:
     from .connectors.postgres import server_version
 
@@ -428,13 +412,11 @@ def _probe_postgres(conn: Connection) -> tuple[bool, str]:
 
 
 def _probe_http(conn: Connection) -> tuple[bool, str]:
-    import httpx
+    from .connectors.http import client
 
     cfg = conn.config
-    resp = httpx.get(
-        cfg["base_url"], headers=http_headers(conn), timeout=cfg["timeout"],
-        verify=cfg["verify_tls"], follow_redirects=False,
-    )  # fmt: skip
+    with client(conn) as http:  # as an http stage sends it: headers, auth, timeout, TLS
+        resp = http.get(cfg["base_url"])
     reachable = resp.status_code < 500
     return reachable, (
         f"{'reachable' if reachable else 'server error'}: GET {cfg['base_url']} answered HTTP"
@@ -443,23 +425,18 @@ def _probe_http(conn: Connection) -> tuple[bool, str]:
 
 
 def _probe_smtp(conn: Connection) -> tuple[bool, str]:
-    import smtplib
+    from .channels import smtp_session, smtp_settings
 
-    cfg = conn.config
-    cls = smtplib.SMTP_SSL if cfg["ssl"] else smtplib.SMTP
-    with cls(cfg["host"], cfg["port"], timeout=cfg["timeout"]) as smtp:
+    session = smtp_settings(conn)
+    with smtp_session(**session) as smtp:  # as mail is sent: TLS checked, logged in
         code, banner = smtp.ehlo()
         if code != 250:
             return False, f"EHLO refused: {code} {banner.decode(errors='replace')}"
-        done = ["EHLO"]
-        if cfg["starttls"]:
-            smtp.starttls()
-            smtp.ehlo()
-            done.append("STARTTLS")
-        if cfg["username"]:
-            smtp.login(cfg["username"], conn.secrets.get("password", ""))
-            done.append("login")
-    return True, f"SMTP {cfg['host']}:{cfg['port']} accepted {' + '.join(done)}"
+    done = [
+        "EHLO", *(["STARTTLS"] if session["tls"] == "starttls" else []),
+        *(["login"] if session["login"] else []),
+    ]  # fmt: skip
+    return True, f"SMTP {session['host']}:{session['port']} accepted {' + '.join(done)}"
 
 
 def _probe_webhook(conn: Connection) -> tuple[bool, str]:

@@ -13,9 +13,10 @@ import smtplib
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
-from ..channels import smtp_session
+from ..channels import smtp_session, smtp_settings
 from ..connections import mask_values
 from ..errors import StageError
+from ..secrets import Masker
 from .base import StageContext, StageResult
 
 if TYPE_CHECKING:
@@ -100,24 +101,17 @@ def _email_connection(ctx: StageContext, conn: Connection) -> StageResult:
         raise StageError(f"{name} has no `host`")
     if c.get("ssl") and c.get("starttls"):
         raise StageError(f"{name}: `ssl` and `starttls` exclude each other; set one")
-    login = None
-    if c.get("username"):
-        password = conn.secrets.get("password")
-        if password is None:
-            raise StageError(f"{name} has `username` but no `password` secret")
-        login = (str(c["username"]), password)
-    server = dict(
-        host=str(c["host"]),
-        port=int(c.get("port") or (465 if c.get("ssl") else 25)),
-        timeout=float(c.get("timeout") or 10),
-    )
+    if c.get("username") and conn.secrets.get("password") is None:
+        raise StageError(f"{name} has `username` but no `password` secret")
+    session = smtp_settings(conn)
+    server = {k: session[k] for k in ("host", "port", "timeout")}
     result = _email(
         ctx,
         f"{name} ({server['host']}:{server['port']})",
         server,
         sender=c.get("sender") or ctx.config.sender,
-        tls="ssl" if c.get("ssl") else "starttls" if c.get("starttls") else None,
-        login=login,
+        tls=session["tls"],
+        login=session["login"],
         secrets=mask_values(conn.secrets, conn.config),
     )
     result.metrics["connection"] = conn.name
@@ -141,11 +135,7 @@ def _email(
     msg["Subject"], msg["From"], msg["To"] = cfg.subject, sender, ", ".join(cfg.to)
     msg.set_content(cfg.body)
 
-    def scrub(text: str) -> str:
-        for value in sorted((s for s in secrets if s), key=len, reverse=True):
-            text = text.replace(value, "***")
-        return text
-
+    scrub = Masker(list(secrets))
     try:
         with smtp_session(
             **server, tls=tls, login=login, opened=lambda smtp: ctx.on_kill(smtp.close)
