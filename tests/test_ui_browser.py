@@ -4,6 +4,7 @@ then stop `up` with Ctrl-C and check it took both its children down."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -44,6 +45,36 @@ def wait_http(url: str, proc: subprocess.Popen, log, timeout: float = 60) -> Non
     raise AssertionError(f"{url} did not answer within {timeout} s:\n{log.read_text()}")
 
 
+@contextlib.contextmanager
+def running_up(data, log, **env: str):
+    """`flexiroaster up` on free ports over `data` (no API token or URL of the caller's, plus
+    `env`), output to the file `log` (a full pipe would stall the servers); yields (process, API
+    base URL, app base URL) once the app answers. At the end, Ctrl-C to `up` alone (it must stop
+    its children); its process group is killed if it has not stopped within 30 s."""
+    port, ui_port = free_port(), free_port()
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("FLEXIROASTER_API_TOKEN", "FLEXIROASTER_API_URL")}  # fmt: skip
+    full |= {"FLEXIROASTER_DATA_DIR": str(data), **env}
+    with log.open("w") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "flexiroaster", "up", "--port", str(port), "--ui-port",
+             str(ui_port)],
+            env=full, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    app = f"http://127.0.0.1:{ui_port}"
+    try:
+        wait_http(f"{app}/_stcore/health", up, log)
+        yield up, f"http://127.0.0.1:{port}", app
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+
+
 def settle(page) -> None:
     """Wait until Streamlit has finished its script run (the running indicator is gone)."""
     page.wait_for_timeout(300)
@@ -67,20 +98,8 @@ def test_create_run_and_watch_a_pipeline_in_chromium(tmp_path):
 
     data = tmp_path / "data"
     sample_data_dir(data)
-    port, ui_port = free_port(), free_port()
-    env = {**os.environ, "FLEXIROASTER_DATA_DIR": str(data)}
-    env.pop("FLEXIROASTER_API_TOKEN", None)
-    env.pop("FLEXIROASTER_API_URL", None)
-    log = tmp_path / "up.log"  # a file, not a pipe: a full pipe would stall the servers
-    with log.open("w") as out:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "flexiroaster", "up", "--port", str(port), "--ui-port",
-             str(ui_port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    api, app = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ui_port}"
-    try:
-        wait_http(f"{app}/_stcore/health", up, log)
+    log = tmp_path / "up.log"
+    with running_up(data, log) as (up, api, app):
         assert answers(f"{api}/api/v1/health")
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -130,14 +149,6 @@ def test_create_run_and_watch_a_pipeline_in_chromium(tmp_path):
             browser.close()
         for shot in ("dashboard.png", "execution.png"):
             assert (tmp_path / shot).stat().st_size > 20_000, shot
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGINT)  # Ctrl-C to `up` alone: it must stop its children
-        try:
-            up.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
     output = log.read_text()
     assert up.returncode == 0, output
     assert "stopping" in output
@@ -163,20 +174,8 @@ def test_approve_an_insight_in_chromium(tmp_path):
     data = tmp_path / "data"
     sample_data_dir(data)
     seeded(data)  # the store is written, and closed, before `up` opens it
-    port, ui_port = free_port(), free_port()
-    env = {**os.environ, "FLEXIROASTER_DATA_DIR": str(data)}
-    env.pop("FLEXIROASTER_API_TOKEN", None)
-    env.pop("FLEXIROASTER_API_URL", None)
-    log = tmp_path / "up.log"
-    with log.open("w") as out:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "flexiroaster", "up", "--port", str(port), "--ui-port",
-             str(ui_port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    api, app = f"http://127.0.0.1:{port}/api/v1", f"http://127.0.0.1:{ui_port}"
-    try:
-        wait_http(f"{app}/_stcore/health", up, log)
+    with running_up(data, tmp_path / "up.log") as (up, root, app):
+        api = f"{root}/api/v1"
         import httpx
 
         deadline = time.monotonic() + 30  # insights are computed once the runtime starts
@@ -204,11 +203,3 @@ def test_approve_an_insight_in_chromium(tmp_path):
             browser.close()
         assert httpx.get(f"{api}/schedules/flaky-2h").json()["enabled"] is False
         assert httpx.get(f"{api}/insights/{risk['id']}").json()["decided_by"] == "Ann Ops"
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGINT)
-        try:
-            up.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()

@@ -285,14 +285,11 @@ def test_a_secret_typed_in_chromium_is_saved_and_never_shown(tmp_path):
     """`flexiroaster up` with an API token; a secret added through the Secrets page in Chromium
     reaches the runtime, and neither it nor the token is in the page's text, HTML or inputs."""
     import os
-    import signal
-    import subprocess
-    import sys
 
     import httpx
 
     from .conftest import sample_data_dir
-    from .test_ui_browser import ARGS, CHROMIUM, settle, wait_http
+    from .test_ui_browser import ARGS, CHROMIUM, running_up, settle
 
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium`")
@@ -301,20 +298,9 @@ def test_a_secret_typed_in_chromium_is_saved_and_never_shown(tmp_path):
     api_token = "api-tok-3Fh8Lq1Ws-planted"
     data = tmp_path / "data"
     sample_data_dir(data)
-    port, ui_port = free_port(), free_port()
-    env = {**os.environ, "FLEXIROASTER_DATA_DIR": str(data), "FLEXIROASTER_API_TOKEN": api_token}
-    env.pop("FLEXIROASTER_API_URL", None)
-    log = tmp_path / "up.log"
-    with log.open("w") as out:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "flexiroaster", "up", "--port", str(port), "--ui-port",
-             str(ui_port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    api, app = f"http://127.0.0.1:{port}/api/v1", f"http://127.0.0.1:{ui_port}"
-    auth = {"Authorization": f"Bearer {api_token}"}
-    try:
-        wait_http(f"{app}/_stcore/health", up, log)
+    with running_up(data, tmp_path / "up.log", FLEXIROASTER_API_TOKEN=api_token) as (up, root, app):
+        api = f"{root}/api/v1"
+        auth = {"Authorization": f"Bearer {api_token}"}
         httpx.put(f"{api}/variables/REGION", json={"value": "eu-west-1", "secret": False},
                   headers=auth).raise_for_status()  # fmt: skip
         with sync_playwright() as p:
@@ -348,14 +334,6 @@ def test_a_secret_typed_in_chromium_is_saved_and_never_shown(tmp_path):
         assert boxes and "" in boxes
         for text in (shown, html, "\n".join(boxes)):
             assert VALUE not in text and api_token not in text
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGINT)
-        try:
-            up.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
 
 
 def test_connections_page_keeps_replaces_and_removes_secret_fields(ui_runtime):
