@@ -129,6 +129,19 @@ def app_test(page: str | None = None, timeout: float = 30):
     return at
 
 
+def rendered(at) -> str:
+    """Everything an AppTest page drew: every element's value (tables as CSV) and its proto."""
+    parts = []
+    for node in at._tree:
+        parts.append(str(getattr(node, "proto", "")))
+        try:
+            value = node.value
+        except Exception:  # blocks and some elements have no value
+            continue
+        parts.append(value.to_csv() if hasattr(value, "to_csv") else repr(value))
+    return "\n".join(parts)
+
+
 # --- `flexiroaster serve` as a real process -------------------------------------------------------
 
 

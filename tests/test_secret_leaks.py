@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import REPO, app_test, free_port, sample_data_dir, serving
+from .conftest import REPO, app_test, free_port, rendered, sample_data_dir, serving
 
 # Printed next to the secrets, and made only at run time (the pipelines' text does not hold it),
 # so a search that finds it has read what the runs recorded.
@@ -212,19 +212,6 @@ def around(text: str, width: int = 120) -> list[str]:
         if at >= 0:
             out.append(f"{name}: ...{text[max(0, at - width) : at + len(value) + 40]}...")
     return out
-
-
-def rendered(at) -> str:
-    """Everything an AppTest page drew: every element's value (tables as CSV) and its proto."""
-    parts = []
-    for node in at._tree:
-        parts.append(str(getattr(node, "proto", "")))
-        try:
-            value = node.value
-        except Exception:  # blocks and some elements have no value
-            continue
-        parts.append(value.to_csv() if hasattr(value, "to_csv") else repr(value))
-    return "\n".join(parts)
 
 
 def api_answers(raw: httpx.Client, ids: dict[str, list[str]]) -> dict[str, str]:

@@ -12,7 +12,7 @@ import pytest
 
 from flexiroaster.errors import NotFound
 
-from .conftest import app_test, free_port
+from .conftest import app_test, free_port, rendered
 
 VALUE = "sk-live-5cQ8wPz3-planted"
 NEXT = "sk-live-7hN2rTy6-replaced"
@@ -23,19 +23,6 @@ stages:
     type: sql
     config: {query: "select {{ secrets.API_TOKEN }} = 'x' as same, {{ vars.REGION }} as r"}
 """
-
-
-def rendered(at) -> str:
-    """Everything the page drew: every element's value (tables as CSV) and its proto."""
-    parts = []
-    for node in at._tree:
-        parts.append(str(getattr(node, "proto", "")))
-        try:
-            value = node.value
-        except Exception:  # blocks and some elements have no value
-            continue
-        parts.append(value.to_csv() if hasattr(value, "to_csv") else repr(value))
-    return "\n".join(parts)
 
 
 def texts(elements) -> str:
